@@ -1,0 +1,50 @@
+# Transfer Learning Notebooks. The two commands of the README:
+#   make run    set up if needed, execute every notebook (quick profile) and print the results table
+#   make test   set up if needed, lint, then run the tests (notebooks included)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PROFILE ?= quick
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test test-fast lint strip bench student grade html nbval clean clean-data help
+.DEFAULT_GOAL := help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), f"Python >= 3.11 needed, found {sys.version.split()[0]}; set PYTHON=python3.11"'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(PY) -m ipykernel install --sys-prefix --name transfer-learning --display-name "Python (transfer-learning)" >/dev/null
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv with tlutils and every dependency, register the Jupyter kernel
+
+run: setup  ## execute all notebooks with the runner (PROFILE=quick|full) and print the results
+	$(PY) -m tlutils.run --profile $(PROFILE)
+
+test: setup lint  ## lint, unit tests, notebook execution and result claims
+	$(PY) -m pytest
+
+test-fast: setup  ## unit tests only (no notebook execution)
+	$(PY) -m pytest -m "not notebooks"
+
+lint: setup  ## ruff
+	$(PY) -m ruff check tlutils tests benchmarks
+
+strip: setup  ## strip outputs from the committed notebooks
+	$(PY) -m tlutils.nbtools strip notebooks/*.ipynb
+
+bench: setup  ## run every benchmark and write runs/bench.json
+	$(PY) -m benchmarks
+
+nbval: setup  ## nbval (lax) on every notebook, quick profile
+	TLUTILS_PROFILE=quick TLUTILS_PROGRESS=0 $(PY) -m pytest --nbval-lax -p no:cacheprovider notebooks/
+
+clean:  ## remove runs/ and caches (keeps data/)
+	rm -rf runs student .pytest_cache .ruff_cache
+
+clean-data:  ## remove generated domains, feature caches and checkpoints
+	find data -mindepth 1 ! -name README.md -exec rm -rf {} +

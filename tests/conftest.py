@@ -1,0 +1,55 @@
+"""Shared fixtures. ``quick_results`` runs every notebook once per session through the runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _quiet_progress(monkeypatch):
+    monkeypatch.setenv("TLUTILS_PROGRESS", "0")
+
+
+@pytest.fixture
+def tmp_data(tmp_path, monkeypatch):
+    """A fresh, empty data dir (``TLUTILS_DATA``) for tests that build caches."""
+    monkeypatch.setenv("TLUTILS_DATA", str(tmp_path / "data"))
+    return tmp_path / "data"
+
+
+@pytest.fixture(scope="session")
+def quick_run() -> Path:
+    """Execute all notebooks in the quick profile with ``python -m tlutils.run``; return results.json.
+
+    Set ``TLUTILS_REUSE_RUN=1`` to reuse an existing ``runs/quick/results.json`` whose notebooks all
+    succeeded (handy while editing claims; CI always executes).
+    """
+    results = REPO / "runs" / "quick" / "results.json"
+    if os.environ.get("TLUTILS_REUSE_RUN") == "1" and results.exists():
+        status = json.loads(results.read_text()).get("_run", {}).get("status", {})
+        if status and all(s == "ok" for s in status.values()):
+            return results
+    proc = subprocess.run(
+        [sys.executable, "-m", "tlutils.run", "--profile", "quick"], cwd=REPO, capture_output=True, text=True
+    )
+    print(proc.stdout[-5000:])
+    print(proc.stderr[-5000:], file=sys.stderr)
+    (REPO / "runs" / "quick").mkdir(parents=True, exist_ok=True)
+    (REPO / "runs" / "quick" / "runner.log").write_text(proc.stdout + "\n" + proc.stderr)
+    if not results.exists():
+        pytest.fail(f"the runner wrote no results.json (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return results
+
+
+@pytest.fixture(scope="session")
+def quick_results(quick_run) -> dict:
+    """``{notebook stem: {metric: value}}`` of the quick run (plus ``_run`` metadata)."""
+    return json.loads(quick_run.read_text())

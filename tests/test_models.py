@@ -1,0 +1,95 @@
+import pytest
+import torch
+
+from tlutils.models import (
+    STAGES,
+    build_model,
+    count_parameters,
+    imagenet_weights_path,
+    load_checkpoint,
+    make_head,
+    resnet_small,
+    save_checkpoint,
+    torchvision_resnet,
+)
+
+
+def test_resnet_small_stages_and_shapes():
+    bb = resnet_small()
+    assert bb.stage_names == list(STAGES)
+    maps = bb.forward_stages(torch.rand(2, 3, 32, 32))
+    assert [m.shape[1] for m in maps.values()] == [bb.stage_channels[s] for s in STAGES]
+    assert maps["stage4"].shape[-1] == 2
+    assert bb(torch.rand(2, 3, 32, 32)).shape == (2, bb.out_features)
+    with pytest.raises(ValueError, match="unknown stage"):
+        bb.forward_stages(torch.rand(1, 3, 32, 32), upto="stage9")
+
+
+def test_heads():
+    assert isinstance(make_head(8, 3), torch.nn.Linear)
+    two = make_head(8, 3, hidden=16, dropout=0.2)
+    assert [type(m).__name__ for m in two] == ["Linear", "ReLU", "Dropout", "Linear"]
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_torchvision_adapter_has_same_stage_names(arch):
+    bb = torchvision_resnet(arch)
+    assert bb.stage_names == list(STAGES)
+    out = bb(torch.rand(1, 3, 64, 64))
+    assert out.shape == (1, bb.out_features) == (1, 512 if arch == "resnet18" else 2048)
+
+
+def test_imagenet_weights_offline_error_and_cached_load(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="notebook 00"):
+        torchvision_resnet("resnet18", weights="imagenet")
+    # a file in torchvision's cache format (a plain state dict) is loaded from the cache path
+    import torchvision
+
+    ref = torchvision.models.resnet18()
+    path = imagenet_weights_path("resnet18")
+    path.parent.mkdir(parents=True)
+    torch.save(ref.state_dict(), path)
+    bb = torchvision_resnet("resnet18", weights="imagenet")
+    assert torch.equal(bb.stages["stem"][0].weight, ref.conv1.weight)
+
+
+def test_checkpoint_roundtrip(tmp_path):
+    model = build_model("resnet_small", 7, head_hidden=16, widths=(8, 16, 16, 32))
+    path = save_checkpoint(model, tmp_path / "m.pt", domain="glyphs", seed=3)
+    loaded, meta = load_checkpoint(path)
+    assert meta["domain"] == "glyphs" and meta["num_classes"] == 7 and meta["arch"] == "resnet_small"
+    assert "torch" in meta["versions"]
+    x = torch.rand(2, 3, 32, 32)
+    model.eval(), loaded.eval()
+    assert torch.allclose(model(x), loaded(x))
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_checkpoint_shape_mismatch_names_layer(tmp_path):
+    model = build_model("resnet_small", 7, widths=(8, 16, 16, 32))
+    other = build_model("resnet_small", 5, widths=(8, 16, 16, 32))
+    from tlutils.models import load_weights
+
+    with pytest.raises(ValueError, match=r"head.weight: checkpoint \(7, 32\) vs model \(5, 32\)"):
+        load_weights(other, model.state_dict())
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    path = save_checkpoint(build_model("resnet_small", 3, widths=(8, 8, 8, 8)), tmp_path / "m.pt")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="not a readable tlutils checkpoint"):
+        load_checkpoint(path)
+
+
+def test_unknown_arch():
+    with pytest.raises(ValueError, match="resnet_small, resnet18, resnet50"):
+        build_model("vgg", 3)
+
+
+def test_count_parameters():
+    model = build_model("resnet_small", 3, widths=(8, 8, 8, 8))
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    assert count_parameters(model, trainable_only=True) == 8 * 3 + 3

@@ -1,0 +1,43 @@
+import json
+
+import nbformat
+import pytest
+
+from tlutils.results import MIME, collect_from_notebook, load_results, mean_std, record, recorded
+
+
+def test_record_validates_and_remembers(capsys):
+    assert record("target_acc.demo", 0.5) == 0.5
+    assert "target_acc.demo = 0.5" in capsys.readouterr().out
+    assert recorded()["target_acc.demo"] == 0.5
+    with pytest.raises(ValueError, match="dotted lower case"):
+        record("Target Acc", 1.0)
+    with pytest.raises(ValueError, match="finite"):
+        record("x.nan", float("nan"))
+    with pytest.raises(TypeError, match="needs a number"):
+        record("x.text", "high")
+
+
+def test_collect_from_executed_notebook(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("record('a.b', 2)")
+    cell.outputs = [
+        nbformat.v4.new_output("display_data", data={"text/plain": "a.b = 2", MIME: {"name": "a.b", "value": 2}})
+    ]
+    nb.cells = [cell, nbformat.v4.new_markdown_cell("text")]
+    path = tmp_path / "x.ipynb"
+    nbformat.write(nb, path)
+    assert collect_from_notebook(path) == {"a.b": 2.0}
+
+
+def test_load_results(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tlutils.run --profile quick"):
+        load_results("quick", tmp_path)
+    (tmp_path / "quick").mkdir()
+    (tmp_path / "quick" / "results.json").write_text(json.dumps({"00_x": {"m": 1}}))
+    assert load_results("quick", tmp_path)["00_x"]["m"] == 1
+
+
+def test_mean_std():
+    assert mean_std([1.0, 3.0]) == (2.0, pytest.approx(1.4142, abs=1e-4))
+    assert mean_std([5.0]) == (5.0, 0.0)

@@ -1,0 +1,109 @@
+import pytest
+import torch
+from torch import nn
+
+from tlutils.train import History, autocast_for, evaluate, fit, predict, tensor_batches
+
+
+def blobs(n=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=g)
+    centers = torch.tensor([[2.0, 0.0], [-2.0, 0.0], [0.0, 2.5]])
+    return centers[y] + 0.5 * torch.randn(n, 2, generator=g), y
+
+
+def mlp():
+    return nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def test_fit_learns_and_logs_history():
+    torch.manual_seed(0)
+    x, y = blobs()
+    model = mlp()
+    hist = fit(model, (x, y), val=blobs(seed=1), epochs=5, lr=1e-2, batch_size=32, device="cpu", seed=0)
+    assert isinstance(hist, History) and len(hist.epochs) == 5
+    assert hist.last("val_acc") > 0.9
+    assert hist.column("train_loss")[-1] < hist.column("train_loss")[0]
+    assert len(hist.steps) == 5 * (256 // 32) and hist.steps[-1]["step"] == 40
+    assert not model.training
+
+
+def test_same_seed_same_result():
+    x, y = blobs()
+    out = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        m = mlp()
+        fit(m, (x, y), epochs=2, batch_size=32, device="cpu", seed=5)
+        out.append(m[0].weight.detach().clone())
+    assert torch.equal(out[0], out[1])
+
+
+def test_callbacks_and_step_fn_see_progress():
+    seen = []
+
+    class Spy:
+        def on_epoch_start(self, state):
+            seen.append(("epoch", state.epoch))
+
+        def on_batch_end(self, state):
+            seen.append(("p", state.progress))
+
+    def step_fn(model, batch, state):
+        x, y = batch
+        loss = nn.functional.cross_entropy(model(x), y)
+        return {"loss": loss, "progress": torch.tensor(state.progress)}
+
+    hist = fit(mlp(), blobs(64), epochs=2, batch_size=16, device="cpu", callbacks=[Spy()], step_fn=step_fn)
+    assert [s for s in seen if s[0] == "epoch"] == [("epoch", 0), ("epoch", 1)]
+    ps = [v for k, v in seen if k == "p"]
+    assert ps[-1] == 1.0 and ps == sorted(ps)
+    assert "train_progress" in hist.keys()
+
+
+def test_scheduler_is_stepped_per_batch():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (1 + step))
+    fit(model, blobs(64), epochs=1, batch_size=16, optimizer=opt, scheduler=sched, device="cpu")
+    assert opt.param_groups[0]["lr"] == pytest.approx(1 / 5)
+
+
+def test_dataloader_input_matches_tensor_input():
+    x, y = blobs(64)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+    hist = fit(mlp(), loader, epochs=1, device="cpu")
+    assert len(hist.steps) == 4
+    m = mlp()
+    assert torch.allclose(predict(m, loader), predict(m, (x, y)))
+
+
+def test_evaluate_and_predict():
+    x, y = blobs(100)
+    m = mlp()
+    res = evaluate(m, (x, y), batch_size=7)
+    assert set(res) == {"loss", "acc"} and 0 <= res["acc"] <= 1
+    assert predict(m, (x, y), batch_size=7).shape == (100, 3)
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="differ in length"):
+        fit(mlp(), (torch.rand(3, 2), torch.zeros(4, dtype=torch.long)), epochs=1, device="cpu")
+    frozen = mlp().requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        fit(frozen, blobs(8), epochs=1, device="cpu")
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):
+        fit(mlp(), (torch.full((32, 2), float("nan")), torch.zeros(32, dtype=torch.long)), epochs=1, device="cpu")
+
+
+def test_no_autocast_on_cpu():
+    ctx, scaler = autocast_for(torch.device("cpu"), amp=True)
+    assert scaler is None
+    with ctx():
+        assert not torch.is_autocast_enabled()
+
+
+def test_tensor_batches_cover_everything_once():
+    x = torch.arange(10).float()
+    seen = torch.cat([b for b, _ in tensor_batches(x, x, 3, shuffle=True, generator=torch.Generator().manual_seed(0))])
+    assert sorted(seen.tolist()) == list(range(10))

@@ -1,0 +1,148 @@
+"""Shared figures: training curves, sample grids, filters, t-SNE, and small result tables.
+
+Every function draws on a given matplotlib ``Axes`` (or makes one), labels its axes, and returns
+the axes, so notebooks can compose figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+
+
+def _axes(ax=None, figsize=(5, 3.5)):
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize)
+    return ax
+
+
+def plot_history(history, keys: Iterable[str] | None = None, ax=None, title: str | None = None):
+    """Curves of a ``History`` against epochs (default: every loss and accuracy it logged)."""
+    ax = _axes(ax)
+    keys = list(keys) if keys is not None else sorted(k for k in history.keys() if "loss" in k or "acc" in k)
+    for key in keys:
+        ys = history.column(key)
+        ax.plot(range(1, len(ys) + 1), ys, marker="o", ms=3, label=key)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("value")
+    ax.set_title(title or "training history")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def sample_grid(
+    images: torch.Tensor, labels: Sequence[str] | None = None, ncols: int = 8, ax=None, title: str | None = None
+):
+    """Images ``(N, C, H, W)`` in [0, 1] tiled into one picture, optionally with labels under each."""
+    images = images.detach().float().cpu().clamp(0, 1)
+    n = len(images)
+    nrows = int(np.ceil(n / ncols))
+    c, h, w = images.shape[1:]
+    canvas = np.ones((nrows * (h + 2), ncols * (w + 2), 3), dtype=np.float32)
+    for i, img in enumerate(images):
+        r, col = divmod(i, ncols)
+        arr = img.permute(1, 2, 0).numpy()
+        canvas[r * (h + 2) : r * (h + 2) + h, col * (w + 2) : col * (w + 2) + w] = arr if c == 3 else arr.repeat(3, -1)
+    ax = _axes(ax, figsize=(ncols * 0.8, nrows * 0.9))
+    ax.imshow(canvas, interpolation="nearest")
+    if labels is not None:
+        ax.set_xticks([(i % ncols) * (w + 2) + w / 2 for i in range(min(n, ncols))])
+        ax.set_xticklabels([str(s) for s in labels[:ncols]], fontsize=7)
+    else:
+        ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_xlabel("samples (columns)")
+    ax.set_ylabel("rows")
+    ax.set_title(title or "")
+    return ax
+
+
+def filter_grid(weight: torch.Tensor, ncols: int = 8, ax=None, title: str = "first-layer filters"):
+    """First-layer convolution filters ``(out, 3, k, k)``, each rescaled to [0, 1] for display."""
+    w = weight.detach().float().cpu()
+    lo = w.flatten(1).min(1).values.view(-1, 1, 1, 1)
+    hi = w.flatten(1).max(1).values.view(-1, 1, 1, 1)
+    w = (w - lo) / (hi - lo + 1e-8)
+    w = torch.nn.functional.interpolate(w, scale_factor=4, mode="nearest")
+    ax = sample_grid(w, ncols=ncols, ax=ax, title=title)
+    ax.set_xlabel("filter index (columns)")
+    return ax
+
+
+def tsne_scatter(
+    features: torch.Tensor | np.ndarray,
+    labels: Sequence[int],
+    groups: Sequence[int] | None = None,
+    ax=None,
+    title: str = "t-SNE of features",
+    seed: int = 0,
+    group_names: Sequence[str] = (),
+    max_points: int = 2000,
+):
+    """2-D t-SNE (scikit-learn) of ``features`` coloured by label; marker by ``groups`` (e.g. domain)."""
+    from sklearn.manifold import TSNE
+
+    feats = np.asarray(features.detach().cpu() if isinstance(features, torch.Tensor) else features, dtype=np.float32)
+    labels = np.asarray(labels)
+    groups = np.zeros(len(feats), dtype=int) if groups is None else np.asarray(groups)
+    if len(feats) > max_points:
+        keep = np.random.default_rng(seed).choice(len(feats), max_points, replace=False)
+        feats, labels, groups = feats[keep], labels[keep], groups[keep]
+    emb = TSNE(2, init="pca", random_state=seed, perplexity=min(30, max(5, len(feats) // 10))).fit_transform(feats)
+    ax = _axes(ax, figsize=(5, 5))
+    markers = "o^sxD"
+    for g in np.unique(groups):
+        m = groups == g
+        name = group_names[g] if g < len(group_names) else None
+        ax.scatter(
+            emb[m, 0],
+            emb[m, 1],
+            c=labels[m],
+            cmap="tab10",
+            s=6,
+            marker=markers[g % len(markers)],
+            vmin=labels.min(),
+            vmax=max(labels.max(), 9),
+            label=name,
+            alpha=0.7,
+        )
+    if len(group_names):
+        ax.legend(fontsize=8, markerscale=2)
+    ax.set_xlabel("t-SNE 1")
+    ax.set_ylabel("t-SNE 2")
+    ax.set_title(title)
+    return ax
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None, floatfmt: str = ".3f") -> str:
+    """A list of dicts as a Markdown table (display it with ``IPython.display.Markdown``)."""
+    if not rows:
+        return ""
+    columns = list(columns or rows[0].keys())
+
+    def fmt(v):
+        return f"{v:{floatfmt}}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def show_table(rows: Sequence[dict], columns: Sequence[str] | None = None, floatfmt: str = ".3f") -> None:
+    """Display ``markdown_table`` in a notebook (prints it elsewhere)."""
+    text = markdown_table(rows, columns, floatfmt)
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+
+        if get_ipython() is not None:
+            display(Markdown(text))
+            return
+    except ImportError:
+        pass
+    print(text)

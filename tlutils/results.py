@@ -1,0 +1,87 @@
+"""Record a notebook's headline numbers; read a run's numbers back for checks.
+
+``record`` prints the value for the reader and emits a display payload with the MIME type
+``application/vnd.tlutils.record+json``; the runner collects those payloads from the executed
+notebook into ``runs/<profile>/results.json`` (no side files, nothing to clean up).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+MIME = "application/vnd.tlutils.record+json"
+_recorded: dict[str, float] = {}
+
+
+def _check_name(name: str) -> str:
+    if not name or name != name.lower() or " " in name or name.startswith(".") or name.endswith("."):
+        raise ValueError(f"metric name {name!r} must be dotted lower case without spaces, e.g. 'target_acc.dann'")
+    return name
+
+
+def record(name: str, value: float, fmt: str = ".4g") -> float:
+    """Record ``name = value`` (a finite number) for the run's results.json, and show it."""
+    _check_name(name)
+    try:
+        value = float(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"record({name!r}, ...) needs a number, got {type(value).__name__}") from exc
+    if not math.isfinite(value):
+        raise ValueError(f"record({name!r}, {value}) : the value must be finite")
+    _recorded[name] = value
+    text = f"{name} = {value:{fmt}}"
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+
+        if get_ipython() is not None:
+            display({"text/plain": text, MIME: {"name": name, "value": value}}, raw=True)
+            return value
+    except ImportError:
+        pass
+    print(text)
+    return value
+
+
+def recorded() -> dict[str, float]:
+    """Everything recorded in this process so far (a copy)."""
+    return dict(_recorded)
+
+
+def collect_from_notebook(nb) -> dict[str, float]:
+    """The records inside an executed notebook (an ``nbformat`` node or a path)."""
+    if isinstance(nb, (str, Path)):
+        import nbformat
+
+        nb = nbformat.read(str(nb), as_version=4)
+    out: dict[str, float] = {}
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            payload = output.get("data", {}).get(MIME)
+            if payload:
+                out[payload["name"]] = float(payload["value"])
+    return out
+
+
+def results_path(profile: str = "quick", runs_dir: str | Path | None = None) -> Path:
+    from tlutils.config import REPO_ROOT
+
+    return Path(runs_dir or REPO_ROOT / "runs") / profile / "results.json"
+
+
+def load_results(profile: str = "quick", runs_dir: str | Path | None = None) -> dict:
+    """Read ``runs/<profile>/results.json`` (error says how to produce it when missing)."""
+    path = results_path(profile, runs_dir)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; run `python -m tlutils.run --profile {profile}` first")
+    return json.loads(path.read_text())
+
+
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value) of a list of numbers."""
+    import numpy as np
+
+    arr = np.asarray(list(values), dtype=float)
+    return float(arr.mean()), (float(arr.std(ddof=1)) if len(arr) > 1 else 0.0)

@@ -1,0 +1,118 @@
+"""Stage A of the recipe: the source backbone pretrained on glyphs, built once and cached.
+
+Notebook 00 trains it step by step; every later chapter calls ``load_source_model(cfg)``, which
+loads the checkpoint keyed by the recipe (profile, seed, sizes) and trains it if it is missing or
+unreadable. The recipe lives here, not in a notebook, so both paths build the same model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+from tlutils.config import Setup
+from tlutils.models import Classifier, build_model, load_checkpoint, save_checkpoint
+
+RECIPE_VERSION = 1
+
+
+def source_recipe(cfg: Setup) -> dict:
+    """Sizes and hyper-parameters of source pretraining for the active profile."""
+    return {
+        "version": RECIPE_VERSION,
+        "domain": "glyphs",
+        "alphabets": "background",
+        "arch": "resnet_small",
+        "widths": cfg.pick(quick=[24, 48, 96, 192], full=[64, 128, 256, 512]),
+        "num_classes": cfg.pick(quick=300, full=600),
+        "per_class": cfg.pick(quick=60, full=200),
+        "epochs": cfg.pick(quick=6, full=30),
+        "batch_size": cfg.pick(quick=128, full=256),
+        "lr": 3e-3,
+        "seed": cfg.seed,
+    }
+
+
+def checkpoint_path(cfg: Setup, recipe: dict | None = None) -> Path:
+    """``<data dir>/checkpoints/source-<hash of the recipe>.pt``."""
+    recipe = recipe or source_recipe(cfg)
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    return cfg.data_dir / "checkpoints" / f"source-{recipe['arch']}-{key}.pt"
+
+
+def load_source_data(cfg: Setup, recipe: dict | None = None):
+    """The glyph source domain of the recipe: ``(train, test)`` Domains (different renders, same classes)."""
+    from tlutils.data import load_domain
+
+    recipe = recipe or source_recipe(cfg)
+    opts = dict(alphabets=recipe["alphabets"], num_classes=recipe["num_classes"], per_class=recipe["per_class"])
+    train = load_domain(recipe["domain"], "train", seed=recipe["seed"], **opts)
+    test = load_domain(
+        recipe["domain"], "test", seed=recipe["seed"], **{**opts, "per_class": max(10, recipe["per_class"] // 5)}
+    )
+    return train, test
+
+
+def pretrain_source(cfg: Setup, recipe: dict | None = None, data=None, progress: bool | None = None):
+    """Train the source model from scratch; save it; return ``(model, history, metadata)``.
+
+    One-cycle learning rate (warm-up then cosine decay) with AdamW: the schedule that reaches a
+    good source accuracy in few epochs, which is what the quick profile needs.
+    """
+    from tlutils.train import evaluate, fit
+
+    recipe = recipe or source_recipe(cfg)
+    train, test = data or load_source_data(cfg, recipe)
+    torch.manual_seed(recipe["seed"])
+    model = build_model(recipe["arch"], train.num_classes, widths=tuple(recipe["widths"]))
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=5e-4)
+    steps = recipe["epochs"] * (len(train) // recipe["batch_size"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe["lr"], total_steps=max(1, steps), pct_start=0.2)
+    history = fit(
+        model,
+        train,
+        val=test,
+        epochs=recipe["epochs"],
+        optimizer=opt,
+        scheduler=sched,
+        batch_size=recipe["batch_size"],
+        device=cfg.device,
+        progress=progress,
+        desc="pretrain",
+        seed=recipe["seed"],
+    )
+    metrics = evaluate(model, test, device=cfg.device)
+    meta = {
+        "recipe": recipe,
+        "domain": recipe["domain"],
+        "classes": list(train.classes),
+        "profile": cfg.profile,
+        "seed": cfg.seed,
+        "source_test_acc": metrics["acc"],
+        "history": history.epochs,
+    }
+    save_checkpoint(model.cpu(), checkpoint_path(cfg, recipe), **meta)
+    return model, history, meta
+
+
+def load_source_model(cfg: Setup, build_if_missing: bool = True) -> tuple[Classifier, dict]:
+    """The pretrained source model of the active profile: loaded from the data dir, or trained now."""
+    path = checkpoint_path(cfg)
+    if path.exists():
+        try:
+            return load_checkpoint(path)
+        except ValueError as exc:
+            warnings.warn(f"{exc}; retraining the source model", stacklevel=2)
+            path.unlink(missing_ok=True)
+    if not build_if_missing:
+        raise FileNotFoundError(
+            f"no source checkpoint at {path}; run notebooks/00_pretrain_source.ipynb "
+            "or call load_source_model(cfg, build_if_missing=True)"
+        )
+    print(f"source checkpoint {path.name} not found: pretraining it now (notebook 00's recipe)")
+    model, _, meta = pretrain_source(cfg)
+    return model.cpu(), meta
