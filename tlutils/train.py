@@ -66,6 +66,64 @@ def _num_batches(data, n: int | None, batch_size: int, drop_last: bool) -> int:
     return n // batch_size if (drop_last and n >= batch_size) else math.ceil(n / batch_size)
 
 
+# ----------------------------------------------------------------------------- distributed
+
+
+def dist_info() -> tuple[int, int]:
+    """``(rank, world_size)``: ``(0, 1)`` unless a torch.distributed process group is running (torchrun)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    """True on rank 0 (and always without torch.distributed): log, draw and save only there."""
+    return dist_info()[0] == 0
+
+
+def init_distributed(backend: str | None = None) -> torch.device:
+    """Join the process group torchrun set up (env ``RANK``/``WORLD_SIZE``); return this rank's device.
+
+    nccl with one GPU per rank when CUDA is present, gloo on CPU. A no-op outside torchrun.
+    """
+    if "RANK" not in os.environ or torch.distributed.is_initialized():
+        from tlutils.config import get_device
+
+        return get_device()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    torch.distributed.init_process_group(backend or ("nccl" if device.type == "cuda" else "gloo"))
+    return device
+
+
+def make_loader(dataset, batch_size: int, *, shuffle: bool = True, seed: int = 0, num_workers: int = 0):
+    """A DataLoader for datasets too large to hold as tensors: a DistributedSampler under torchrun,
+    pinned memory on CUDA (fit copies with ``non_blocking=True``)."""
+    rank, world = dist_info()
+    sampler = None
+    if world > 1:
+        sampler = torch.utils.data.DistributedSampler(dataset, world, rank, shuffle=shuffle, seed=seed)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+        num_workers=num_workers, pin_memory=torch.cuda.is_available(), drop_last=shuffle,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def _all_reduce_sums(sums: dict[str, torch.Tensor], seen: int, device: torch.device) -> tuple[dict, int]:
+    """Add the per-rank sums of logged values (and example counts) over all ranks."""
+    if dist_info()[1] == 1 or not sums:
+        return sums, seen
+    keys = sorted(sums)
+    packed = torch.stack([sums[k].float().to(device) for k in keys] + [torch.tensor(float(seen), device=device)])
+    torch.distributed.all_reduce(packed)
+    return {k: packed[i] for i, k in enumerate(keys)}, int(packed[-1].item())
+
+
 # ----------------------------------------------------------------------------- precision
 
 
@@ -214,6 +272,10 @@ def fit(
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    rank, world = dist_info()
+    # under torchrun: DDP averages gradients over ranks; each rank takes its share of every global batch
+    net = model if world == 1 else nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
     callbacks = list(callbacks)
     if optimizer is None:
         params = [p for p in model.parameters() if p.requires_grad]
@@ -233,19 +295,25 @@ def fit(
     per_epoch = _num_batches(train, n, batch_size, drop_last)
     history = History()
     state = FitState(model, optimizer, scheduler, epochs, epochs * per_epoch, device, history)
-    gen = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
+    if seed is None:  # every rank draws the same seed from its (identically seeded) global generator
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    gen = torch.Generator().manual_seed(seed)
 
-    bar = make_progress(epochs, desc, progress_enabled(progress))
+    bar = make_progress(epochs, desc, progress_enabled(progress) and rank == 0)
     _call(callbacks, "on_fit_start", state)
     for epoch in range(epochs):
         state.epoch = epoch
         model.train()
         _call(callbacks, "on_epoch_start", state)
+        if n is None and hasattr(getattr(train, "sampler", None), "set_epoch"):
+            train.sampler.set_epoch(epoch)
         batches = (
             tensor_batches(x_all, y_all, batch_size, shuffle=True, generator=gen, drop_last=drop_last)
             if n is not None
             else _loader_batches(train, device)
         )
+        if n is not None and world > 1:
+            batches = ((bx[rank::world], by[rank::world]) for bx, by in batches)
         sums: dict[str, torch.Tensor] = {}
         seen = 0
         pending: list[tuple[int, dict]] = []
@@ -254,7 +322,7 @@ def fit(
                 x = x.contiguous(memory_format=torch.channels_last)
             _call(callbacks, "on_batch_start", state)
             with autocast():
-                logs = step_fn(model, (x, y), state)
+                logs = step_fn(net, (x, y), state)
             loss = logs["loss"]
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
@@ -279,6 +347,7 @@ def fit(
             _call(callbacks, "on_batch_end", state)
         history.steps.extend(_to_floats(pending))
         pending.clear()
+        sums, seen = _all_reduce_sums(sums, seen, device)
         row = {"epoch": epoch + 1, **{f"train_{k}": float(v) / max(1, seen) for k, v in sums.items()}}
         if not math.isfinite(row.get("train_loss", 0.0)):
             raise FloatingPointError(
