@@ -32,7 +32,7 @@ test-fast: setup  ## unit tests only (no notebook execution)
 	$(PY) -m pytest -m "not notebooks"
 
 lint: setup  ## ruff
-	$(PY) -m ruff check tlutils tests benchmarks
+	$(PY) -m ruff check tlutils tests benchmarks scripts
 
 strip: setup  ## strip outputs from the committed notebooks
 	$(PY) -m tlutils.nbtools strip notebooks/*.ipynb
