@@ -62,9 +62,16 @@ def sample_grid(
     return ax
 
 
-def filter_grid(weight: torch.Tensor, ncols: int = 8, ax=None, title: str = "first-layer filters"):
-    """First-layer convolution filters ``(out, 3, k, k)``, each rescaled to [0, 1] for display."""
+def filter_grid(weight: torch.Tensor, ncols: int = 8, ax=None, title: str = "first-layer filters",
+                combine_channels: bool = True):
+    """First-layer convolution filters ``(out, 3, k, k)``, each rescaled to [0, 1] for display.
+
+    ``combine_channels`` sums the input channels (the filter's response to a grayscale image: right
+    for sources like glyphs whose three channels are equal); False shows them as RGB.
+    """
     w = weight.detach().float().cpu()
+    if combine_channels:
+        w = w.sum(1, keepdim=True)
     lo = w.flatten(1).min(1).values.view(-1, 1, 1, 1)
     hi = w.flatten(1).max(1).values.view(-1, 1, 1, 1)
     w = (w - lo) / (hi - lo + 1e-8)

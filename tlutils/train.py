@@ -254,6 +254,7 @@ def fit(
     seed: int | None = None,
     weight_decay: float = 1e-4,
     channels_last: bool | None = None,
+    compile: bool = False,
 ) -> History:
     """Train ``model`` for ``epochs`` on ``train``; evaluate on ``val`` after each epoch.
 
@@ -261,6 +262,9 @@ def fit(
     ``scheduler`` is stepped once per batch. ``step_fn(model, batch, state) -> {"loss": ..., ...}``
     replaces the supervised step; other scalar entries are averaged per epoch into the history.
     ``seed`` fixes the batch order (default: drawn from torch's global generator, seeded by setup).
+    On CUDA: autocast (``amp``) and channels_last by default; ``compile=True`` runs the training
+    forward through ``torch.compile`` (worth it for long GPU runs, not for the quick profile).
+    Under torchrun the model is wrapped in DDP; ``batch_size`` is then the global batch.
     """
     from tlutils.config import get_device
 
@@ -276,6 +280,8 @@ def fit(
     # under torchrun: DDP averages gradients over ranks; each rank takes its share of every global batch
     net = model if world == 1 else nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
+    if compile:
+        net = torch.compile(net)
     callbacks = list(callbacks)
     if optimizer is None:
         params = [p for p in model.parameters() if p.requires_grad]
