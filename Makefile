@@ -33,12 +33,23 @@ test-fast: setup  ## unit tests only (no notebook execution)
 
 lint: setup  ## ruff
 	$(PY) -m ruff check tlutils tests benchmarks scripts
+	$(PY) -m tlutils.coursework check
 
 strip: setup  ## strip outputs from the committed notebooks
 	$(PY) -m tlutils.nbtools strip notebooks/*.ipynb
 
 bench: setup  ## run every benchmark and write runs/bench.json
 	$(PY) -m benchmarks
+
+student: setup  ## write student versions of the chapters to student/ (solutions replaced by stubs)
+	$(PY) -m tlutils.coursework student
+
+grade: setup  ## grade one student notebook: make grade NB=student/01_feature_extraction.ipynb
+	@test -n "$(NB)" || { echo "usage: make grade NB=student/NN_name.ipynb"; exit 2; }
+	$(PY) -m tlutils.coursework grade $(NB) --profile $(PROFILE)
+
+html: setup  ## render runs/$(PROFILE) to HTML with an index page (after make run)
+	$(PY) -m tlutils.render --profile $(PROFILE)
 
 nbval: setup  ## nbval (lax) on every notebook, quick profile
 	TLUTILS_PROFILE=quick TLUTILS_PROGRESS=0 $(PY) -m pytest --nbval-lax -p no:cacheprovider notebooks/

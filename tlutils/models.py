@@ -255,7 +255,7 @@ def save_checkpoint(model: Classifier, path: str | os.PathLike, **metadata) -> P
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[Classifier, dict]:
-    """Rebuild the model a checkpoint describes and load its weights; returns ``(model, metadata)``."""
+    """Rebuild the model a checkpoint describes and load its weights; returns ``(model in eval mode, metadata)``."""
     path = Path(path)
     try:
         blob = torch.load(path, map_location=map_location, weights_only=True)
@@ -269,7 +269,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     kwargs.pop("pretrained", None)
     model = build_model(arch, meta["num_classes"], meta.get("head_hidden"), **kwargs)
     load_weights(model, state)
-    return model, meta
+    return model.eval(), meta  # eval mode: using it must not move batch-norm statistics (fit sets train mode)
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

@@ -1,0 +1,299 @@
+"""Readers: the HTML render of a run, and JupyterLab driven end to end in a real (headless) Chromium.
+
+The browser tests need Debian's ``chromium`` (``/usr/bin/chromium``, or ``$TLUTILS_CHROMIUM``) and the
+``playwright`` Python package (its own browser download is never used); without them they are
+skipped with the reason. Screenshots go to ``runs/browser/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from tlutils.render import export_figures, index_html, readme_results_table, render_run
+
+REPO = Path(__file__).resolve().parent.parent
+SHOTS = REPO / "runs" / "browser"
+CHROMIUM = Path(os.environ.get("TLUTILS_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+OUTPUT, ERROR = ".jp-OutputArea-output", "application/vnd.jupyter.error"
+LAB_SETTINGS = {  # user settings for the test's JupyterLab: never write the notebook, no news pop-up
+    "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
+        "fetchNews": "false",
+        "checkForUpdates": False,
+    },
+}
+
+
+def fake_run(runs_dir: Path, profile: str = "quick") -> Path:
+    """A run in miniature: one executed chapter (text and a figure) and a failed one, with results.json."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([0, 1], [0, 1])
+    ax.set(title="accuracy vs. labels", xlabel="labels", ylabel="accuracy")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    out = nbformat.v4.new_output
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# 00 · A tiny chapter\n\nWhat it shows."),
+        nbformat.v4.new_code_cell(
+            "cfg = tlutils.setup(PROFILE, SEED)",
+            execution_count=1,
+            outputs=[out("stream", name="stdout", text="tlutils: profile=quick seed=0 device=cpu\n")],
+        ),
+        nbformat.v4.new_code_cell(
+            "plot()",
+            execution_count=2,
+            outputs=[
+                out(
+                    "display_data",
+                    data={"image/png": base64.b64encode(buf.getvalue()).decode(), "text/plain": ""},
+                )
+            ],
+        ),
+    ]
+    run = runs_dir / profile
+    run.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, run / "00_tiny.ipynb")
+    meta = {"profile": profile, "seed": 0, "device": "cpu (2 cores)", "versions": {"python": "3.11"}}
+    meta |= {
+        "wall_s": {"00_tiny": 61.4, "01_broken": 3.0},
+        "status": {"00_tiny": "ok", "01_broken": "FAILED"},
+    }
+    results = {"00_tiny": {"source_acc": 0.91234, "epochs": 6}, "01_broken": {}, "_run": meta}
+    (run / "results.json").write_text(json.dumps(results))
+    return run
+
+
+# ------------------------------------------------------------------------------------------- rendering
+def test_render_run_writes_chapters_index_and_figures(tmp_path):
+    run = fake_run(tmp_path)
+    index = render_run("quick", tmp_path)
+    page = index.read_text()
+    assert index == run / "html" / "index.html"
+    assert '<a href="00_tiny.html">00 · A tiny chapter</a>' in page
+    assert "<code>source_acc</code> = 0.9123" in page and "61 s" in page
+    assert "FAILED" in page and "01_broken" in page and "none recorded" in page
+    assert "cpu (2 cores)" in page
+    chapter = (run / "html" / "00_tiny.html").read_text()
+    assert "tlutils: profile=quick" in chapter and "data:image/png;base64" in chapter
+    figures = export_figures(run / "00_tiny.ipynb", tmp_path / "figs")
+    assert [p.name for p in figures] == ["00_tiny_cell2_0.png"] and figures[0].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_render_run_without_results_says_how_to_make_them(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m tlutils.run --profile quick"):
+        render_run("quick", tmp_path)
+
+
+def test_index_escapes_html():
+    page = index_html({"00_x": {"a": 1.0}, "_run": {"profile": "<b>"}}, {"00_x": "<script>"}, {})
+    assert "<script>" not in page and "&lt;script&gt;" in page and "&lt;b&gt;" in page
+
+
+def test_readme_results_table_with_anchors():
+    results = {
+        "04_dann": {"target_acc.dann": 0.71234, "target_acc.source_only": 0.52},
+        "_run": {"profile": "quick"},
+    }
+    anchors = {"04_dann": {"target_acc.dann": "0.767 (Ganin et al. 2016)"}}
+    table = readme_results_table(results, anchors).splitlines()
+    assert table[0] == "| Chapter | Metric | This repo (quick run) | Published |"
+    assert table[2] == "| 04_dann | `target_acc.dann` | 0.712 | 0.767 (Ganin et al. 2016) |"
+    assert table[3] == "| 04_dann | `target_acc.source_only` | 0.52 |  |"
+    only = readme_results_table(results, metrics={"04_dann": ["target_acc.source_only"]})
+    assert len(only.splitlines()) == 3
+    with pytest.raises(KeyError, match="it recorded"):
+        readme_results_table(results, {"04_dann": {"target_acc.dan": 0.9}})
+
+
+# ------------------------------------------------------------------------------------------- browser
+def _missing() -> str | None:
+    if not CHROMIUM.exists():
+        return f"{CHROMIUM} not found: run .ci/install_chromium.sh (Debian chromium) or set TLUTILS_CHROMIUM"
+    if importlib.util.find_spec("playwright") is None:
+        return (
+            "the playwright package is not installed (pip install playwright; no `playwright install` needed)"
+        )
+    return None
+
+
+browser_needed = pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    yield context.new_page()
+    context.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"jupyter lab exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"jupyter lab not ready after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def jupyter_lab(tmp_path):
+    """JupyterLab on 127.0.0.1 (random port, random token) serving a copy of the first chapters.
+
+    A copy, so the committed notebooks are never written (autosave is off as well); user settings,
+    workspaces and runtime files live in the temporary folder.
+    """
+    root = tmp_path / "lab"
+    shutil.copytree(
+        REPO / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints")
+    )
+    for name, values in LAB_SETTINGS.items():
+        (root / ".settings" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / ".settings" / name).write_text(json.dumps(values))
+    port, token = _free_port(), secrets.token_hex(16)
+    env = {
+        **os.environ,
+        "JUPYTERLAB_SETTINGS_DIR": str(root / ".settings"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(root / ".workspaces"),
+        "JUPYTER_RUNTIME_DIR": str(root / ".runtime"),
+        "TLUTILS_PROFILE": "quick",
+        "TLUTILS_PROGRESS": "0",
+    }
+    args = [
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        "--ServerApp.ip=127.0.0.1",
+        f"--IdentityProvider.token={token}",
+        "--ServerApp.open_browser=False",
+        "--ServerApp.allow_root=True",
+        f"--ServerApp.root_dir={root}",
+    ]
+    log = tmp_path / "jupyter.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyterlab", *args], cwd=root, env=env, stdout=out, stderr=out
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(f"{base}/api/status?token={token}", proc, log)
+        yield base, token, root
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _setup_cell_count(path: Path) -> int:
+    """How many leading code cells to run: up to and including the ``tlutils.setup(...)`` cell."""
+    code = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    return next((k + 1 for k, c in enumerate(code) if "tlutils.setup(" in c.source), 2)
+
+
+@browser_needed
+def test_jupyterlab_runs_the_first_cells_of_a_chapter(jupyter_lab, page):
+    from playwright.sync_api import expect
+
+    base, token, root = jupyter_lab
+    books = ("01_feature_extraction.ipynb", "00_pretrain_source.ipynb")
+    name = next(n for n in books if (root / "notebooks" / n).exists())
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+        page.goto(f"{base}/lab/tree/notebooks/{name}?token={token}")
+        page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=60_000)
+        expect(page.locator(".jp-StatusBar-Widget", has_text="| Idle")).to_be_visible(timeout=60_000)
+        cells = page.locator(".jp-Notebook .jp-CodeCell")
+        for k in range(_setup_cell_count(root / "notebooks" / name)):
+            cells.nth(k).locator(".jp-InputArea-editor").click()
+            page.keyboard.press("Shift+Enter")
+            expect(cells.nth(k).locator(".jp-InputPrompt")).not_to_have_text("[ ]:", timeout=15_000)
+        done = page.locator(
+            f"{OUTPUT}:has-text('tlutils: profile=quick'), {OUTPUT}[data-mime-type='{ERROR}']"
+        )
+        done.first.wait_for(timeout=90_000)
+    except Exception:
+        page.screenshot(path=str(SHOTS / "jupyterlab_failed.png"))
+        raise
+    page.screenshot(path=str(SHOTS / "jupyterlab.png"))
+    assert not page.locator(f"{OUTPUT}[data-mime-type='{ERROR}']").count(), (
+        "a cell raised; see jupyterlab.png"
+    )
+    assert "device=" in page.locator(OUTPUT, has_text="tlutils: profile=quick").first.inner_text()
+
+
+def _check_index(page, index: Path, shot: str) -> None:
+    page.goto(index.as_uri())
+    rows = page.locator("tbody tr")
+    assert rows.count() >= 1 and "Headline numbers" in page.locator("thead").inner_text()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / shot), full_page=True)
+    rows.first.locator("a").first.click()
+    page.wait_for_selector(".jp-Notebook", timeout=30_000)
+    assert "tlutils: profile=" in page.locator(".jp-Notebook").inner_text()
+    page.screenshot(path=str(SHOTS / shot.replace("index", "chapter")))
+
+
+@browser_needed
+def test_rendered_index_opens_in_the_browser(tmp_path, page):
+    fake_run(tmp_path)
+    _check_index(page, render_run("quick", tmp_path), "index_example.png")
+
+
+@browser_needed
+@pytest.mark.notebooks
+def test_rendered_quick_run_opens_in_the_browser(quick_run, page):
+    index = render_run("quick", quick_run.parent.parent)
+    _check_index(page, index, "index.png")

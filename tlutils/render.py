@@ -1,0 +1,199 @@
+"""Render a run to HTML, so the results can be read without running anything.
+
+    python -m tlutils.render [--profile quick] [--runs-dir runs]
+
+writes ``runs/<profile>/html/<chapter>.html`` for each executed notebook of the run (nbconvert's
+``HTMLExporter``, JupyterLab template, figures embedded), ``runs/<profile>/html/index.html`` (each
+chapter with its status, wall time and headline numbers from ``results.json``, plus the run's
+device and versions) and every figure as a PNG under ``runs/<profile>/html/figures/`` (to pick the
+README's pictures from). ``readme_results_table`` formats the README's results table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+import sys
+from pathlib import Path
+
+import nbformat
+
+from tlutils.config import REPO_ROOT
+
+RUNS_DIR = REPO_ROOT / "runs"
+META_KEY = "_run"
+CSS = """
+body { font: 15px/1.5 system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; }
+table { border-collapse: collapse; width: 100%; }
+th, td { border-bottom: 1px solid #ddd; padding: .45em .6em; text-align: left; vertical-align: top; }
+th { background: #f4f4f4; } td.num { text-align: right; white-space: nowrap; }
+.ok { color: #176b2c; font-weight: 600; } .bad { color: #b00020; font-weight: 600; } code { font-size: 90%; }
+ul.metrics { margin: 0; padding-left: 1.1em; } .meta { color: #555; font-size: 90%; }
+"""
+
+
+def chapter_title(nb) -> str:
+    """The first ``# `` heading of a notebook's markdown (empty if none)."""
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("# "):
+                    return line[2:].strip()
+    return ""
+
+
+def render_notebook(path: Path, out: Path) -> Path:
+    """Write one executed notebook as a standalone HTML page (lab template, images embedded)."""
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(path, as_version=4)
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(
+        nb, resources={"metadata": {"name": chapter_title(nb) or path.stem}}
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(body, encoding="utf-8")
+    return out
+
+
+def export_figures(path: Path, out_dir: Path) -> list[Path]:
+    """Save every PNG output of an executed notebook as ``<stem>_cell<i>_<k>.png``; return the paths."""
+    nb = nbformat.read(path, as_version=4)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, cell in enumerate(nb.cells):
+        pngs = [o["data"]["image/png"] for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+        for k, data in enumerate(pngs):
+            target = out_dir / f"{path.stem}_cell{i}_{k}.png"
+            target.write_bytes(base64.b64decode(data))
+            written.append(target)
+    return written
+
+
+def _fmt(value, fmt: str = ".4g") -> str:
+    return format(value, fmt) if isinstance(value, int | float) else str(value)
+
+
+def index_html(results: dict, titles: dict[str, str], pages: dict[str, str]) -> str:
+    """The index page: a row per chapter (link, status, wall time, every recorded number), run metadata."""
+    meta = results.get(META_KEY, {})
+    walls, status = meta.get("wall_s", {}), meta.get("status", {})
+    stems = sorted(set(titles) | {k for k in results if k != META_KEY} | set(status))
+    rows = []
+    for stem in stems:
+        name = html.escape(titles.get(stem) or stem)
+        link = f'<a href="{html.escape(pages[stem])}">{name}</a>' if stem in pages else name
+        if titles.get(stem):
+            link += f"<br><span class='meta'>{html.escape(stem)}</span>"
+        state = status.get(stem, "not run" if stem not in pages else "?")
+        css = "ok" if state == "ok" else "bad"
+        wall = walls.get(stem)
+        metrics = "".join(
+            f"<li><code>{html.escape(k)}</code> = {_fmt(v)}</li>" for k, v in results.get(stem, {}).items()
+        )
+        rows.append(
+            f"<tr><td>{link}</td>"
+            f"<td class='{css}'>{html.escape(state)}</td>"
+            f"<td class='num'>{'' if wall is None else f'{wall:.0f} s'}</td>"
+            f"<td><ul class='metrics'>{metrics or '<li>none recorded</li>'}</ul></td></tr>"
+        )
+    versions = ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
+    facts = [
+        ("profile", meta.get("profile")),
+        ("seed", meta.get("seed")),
+        ("device", meta.get("device")),
+        ("started", meta.get("started")),
+        ("finished", meta.get("finished")),
+        ("total wall time", f"{meta['total_wall_s']:.0f} s" if "total_wall_s" in meta else None),
+        ("versions", versions or None),
+    ]
+    facts_html = " &middot; ".join(f"{k}: {html.escape(str(v))}" for k, v in facts if v is not None)
+    profile = html.escape(str(meta.get("profile", "")))
+    return (
+        f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<title>Transfer Learning Notebooks: {profile} run</title><style>{CSS}</style></head><body>\n"
+        f"<h1>Transfer Learning Notebooks: the {profile} run</h1>\n<p class='meta'>{facts_html}</p>\n"
+        "<table><thead><tr><th>Chapter</th><th>Status</th><th>Wall time</th><th>Headline numbers</th></tr>"
+        f"</thead><tbody>\n{chr(10).join(rows)}\n</tbody></table>\n"
+        "<p class='meta'>Each chapter links to its executed notebook. Numbers come from "
+        "<code>results.json</code>, written by <code>python -m tlutils.run</code>.</p>\n</body></html>\n"
+    )
+
+
+def render_run(profile: str = "quick", runs_dir: Path = RUNS_DIR) -> Path:
+    """Render ``runs/<profile>/`` to ``runs/<profile>/html/``; return the index page's path."""
+    from tlutils.results import load_results
+
+    results = load_results(profile, runs_dir)
+    run_dir = Path(runs_dir) / profile
+    out_dir = run_dir / "html"
+    titles, pages = {}, {}
+    for path in sorted(run_dir.glob("[0-9][0-9]_*.ipynb")):
+        titles[path.stem] = chapter_title(nbformat.read(path, as_version=4))
+        pages[path.stem] = render_notebook(path, out_dir / f"{path.stem}.html").name
+        export_figures(path, out_dir / "figures")
+    index = out_dir / "index.html"
+    index.write_text(index_html(results, titles, pages), encoding="utf-8")
+    return index
+
+
+def readme_results_table(
+    results: dict,
+    anchors: dict[str, dict[str, str | float]] | None = None,
+    metrics: dict[str, list[str]] | None = None,
+    fmt: str = ".3g",
+) -> str:
+    """A Markdown table for the README: chapter, metric, this run's value, published anchor.
+
+    ``results``: a ``results.json`` dict. ``anchors``: ``{chapter stem: {metric: "text or number"}}``,
+    e.g. ``{"04_dann": {"target_acc.dann": "0.767 (Ganin et al. 2016, MNIST to MNIST-M)"}}``.
+    ``metrics``: ``{chapter stem: [metric, ...]}`` to show (default: every recorded metric plus those
+    with an anchor). A requested metric or anchor the run did not record is an error naming what it has.
+    """
+    anchors = anchors or {}
+    meta = results.get(META_KEY, {})
+    chosen = metrics or {
+        stem: list(results.get(stem, {}))
+        + [m for m in anchors.get(stem, {}) if m not in results.get(stem, {})]
+        for stem in sorted({k for k in results if k != META_KEY} | set(anchors))
+    }
+    run = f"{meta.get('profile', 'this')} run" + (f", {meta['device']}" if meta.get("device") else "")
+    lines = [f"| Chapter | Metric | This repo ({run}) | Published |", "|---|---|---|---|"]
+    for stem, names in chosen.items():
+        recorded = results.get(stem, {})
+        missing = [m for m in names if m not in recorded]
+        if missing:
+            raise KeyError(
+                f"{stem}: {missing} not in results.json; it recorded {sorted(recorded) or 'nothing'} "
+                "(fix the name, or re-run the chapter with `python -m tlutils.run --only "
+                f"{stem.split('_')[0]}`)"
+            )
+        for name in names:
+            anchor = anchors.get(stem, {}).get(name)
+            published = "" if anchor is None else _fmt(anchor, fmt)
+            lines.append(f"| {stem} | `{name}` | {_fmt(recorded[name], fmt)} | {published} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tlutils.render", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default="quick", help="which run to render (default: quick)")
+    parser.add_argument(
+        "--runs-dir", type=Path, default=RUNS_DIR, help="where the runs live (default: runs/)"
+    )
+    parser.add_argument("--table", action="store_true", help="also print the README results table")
+    args = parser.parse_args(argv)
+    try:
+        index = render_run(args.profile, args.runs_dir)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {index}")
+    if args.table:
+        print(readme_results_table(json.loads((index.parent.parent / "results.json").read_text())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
