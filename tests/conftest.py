@@ -53,3 +53,10 @@ def quick_run() -> Path:
 def quick_results(quick_run) -> dict:
     """``{notebook stem: {metric: value}}`` of the quick run (plus ``_run`` metadata)."""
     return json.loads(quick_run.read_text())
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that needs the quick run is a ``notebooks`` test (``-m "not notebooks"`` skips them all)."""
+    for item in items:
+        if "quick_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.notebooks)
