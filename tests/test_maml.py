@@ -163,8 +163,15 @@ def test_episode_sampler_labels_and_disjoint_support_query():
         assert not s & q, "support and query share an image"
     with pytest.raises(ValueError, match="lower n_way"):
         maml.EpisodeSampler(sampler.x, torch.arange(12).repeat_interleave(8), 13, 2, 3)
-    rot_sampler, rot_tasks = _tiny_episodes(n_way=5, rotations=True)
+    rot_sampler, rot_tasks = _tiny_episodes(num_tasks=6, n_way=5, rotations=True)
     assert rot_sampler.num_classes == 48 and rot_tasks.info["rotation"].max() <= 3
+    labels = torch.arange(12).repeat_interleave(8)
+    for t in range(6):  # each support image is an image of its class, turned by its rotation
+        for j in range(5):
+            c, r = rot_tasks.info["classes"][t, j], int(rot_tasks.info["rotation"][t, j])
+            turned = torch.rot90(rot_sampler.x[labels == c], r, dims=(-2, -1))
+            img = rot_tasks.x_support[t, 2 * j]
+            assert any(torch.equal(img, u) for u in turned)
 
 
 def test_glyph_episodes_never_mix_meta_train_and_meta_test_alphabets(tmp_data):
