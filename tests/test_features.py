@@ -61,7 +61,8 @@ def test_cache_serves_memory_then_disk(tmp_data):
     model, data = tiny_model(), toy_domain()
     first = cached_features(model, data, stage="stage3")
     assert first.info["source"] == "computed" and first.classes == ["a", "b", "c"]
-    assert cached_features(model, data, stage="stage3").info["source"] == "memory"
+    hit = cached_features(model, data, stage="stage3")
+    assert hit.info["source"] == "memory" and hit.info["seconds"] < first.info["seconds"]
     clear_memory_cache()
     again = cached_features(model, data, stage="stage3")
     assert again.info["source"] == "disk"
@@ -80,6 +81,14 @@ def test_cache_key_changes_with_weights_data_and_stage():
     with torch.no_grad():
         model.backbone.stages["stem"][1].running_mean += 1  # a buffer is part of the checkpoint too
     assert key != feature_key(model, data, "stage4")
+
+
+def test_cache_key_notices_in_place_changes_to_the_data():
+    model, data = tiny_model(), toy_domain()
+    key = feature_key(model, data, "stage4")
+    assert feature_key(model, data, "stage4") == key
+    data.x[0, 0, 0, 0] += 0.5
+    assert feature_key(model, data, "stage4") != key, "a memoised data hash must not survive an in-place edit"
 
 
 def test_features_subset_follows_domain_order(tmp_data):

@@ -12,6 +12,7 @@ import hashlib
 import os
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -111,6 +112,23 @@ def weights_fingerprint(module: nn.Module) -> str:
     return h.hexdigest()
 
 
+_TENSOR_HASHES: dict[int, tuple[weakref.ref, int, str]] = {}
+
+
+def tensor_fingerprint(t: torch.Tensor) -> str:
+    """Hash of a tensor's shape, dtype and values; memoised per live tensor until it is modified in place."""
+    entry = _TENSOR_HASHES.get(id(t))
+    if entry is not None and entry[0]() is t and entry[1] == t._version:
+        return entry[2]
+    h = hashlib.blake2b(digest_size=8)
+    _digest([t], h)
+    digest = h.hexdigest()
+    for key in [k for k, (ref, _, _) in _TENSOR_HASHES.items() if ref() is None]:
+        del _TENSOR_HASHES[key]
+    _TENSOR_HASHES[id(t)] = (weakref.ref(t), t._version, digest)
+    return digest
+
+
 def data_fingerprint(data) -> str:
     """A short hash of a domain's images and labels (subsets of one domain get different keys)."""
     from tlutils.train import as_tensors
@@ -119,7 +137,8 @@ def data_fingerprint(data) -> str:
     if tensors is None:
         raise TypeError("feature caching needs a Domain or an (x, y) tuple of tensors, not a DataLoader")
     h = hashlib.blake2b(digest_size=8)
-    _digest(tensors, h)
+    for t in tensors:
+        h.update(tensor_fingerprint(t).encode())
     return h.hexdigest()
 
 
@@ -167,7 +186,7 @@ def cached_features(model: nn.Module, data, *, stage: str | None = None, grid: i
     start = time.perf_counter()
     key = feature_key(backbone, data, stage, grid)
     if not refresh and key in _MEMORY:
-        return replace(_MEMORY[key], info={**_MEMORY[key].info, "source": "memory"})
+        return replace(_MEMORY[key], info={"source": "memory", "seconds": time.perf_counter() - start})
     path = Path(cache_dir or data_dir() / "features") / f"{key}.pt"
     classes = list(getattr(data, "classes", []))
     if not refresh and path.exists():
@@ -298,7 +317,7 @@ def time_head_training(model: nn.Module, train, *, frozen_epochs: int = 2, cache
         progress=False, callbacks=[timer_frozen])
     _sync(device)
     start = time.perf_counter()
-    feats = extract_features(backbone, train, batch_size=512, device=device)
+    feats = extract_features(backbone, train, batch_size=batch_size, device=device)
     _sync(device)
     extract_s = time.perf_counter() - start
     y = as_tensors(train)[1]

@@ -403,14 +403,28 @@ def train_strategy(strategy: str, source: nn.Module, train, *, num_classes: int,
     return model.eval()
 
 
+def _code_fingerprint() -> str:
+    """Hash of the source of the modules a run goes through, so edited code never reuses cached numbers."""
+    import hashlib
+    import importlib
+    from pathlib import Path
+
+    h = hashlib.blake2b(digest_size=8)
+    for name in ("tlutils.finetune", "tlutils.features", "tlutils.models", "tlutils.train"):
+        h.update(Path(importlib.import_module(name).__file__).read_bytes())
+    return h.hexdigest()
+
+
 def _run_identity(recipe: Recipe, source: nn.Module, train, test, head_hidden: int | None,
                   device: torch.device) -> dict:
     """Everything besides (strategy, k, seed) that determines a label-budget run's accuracy."""
     from tlutils.features import data_fingerprint, weights_fingerprint
 
-    return {"version": STRATEGY_VERSION, "recipe": recipe.as_dict(), "head_hidden": head_hidden,
+    return {"version": STRATEGY_VERSION, "code": _code_fingerprint(), "recipe": recipe.as_dict(),
+            "head_hidden": head_hidden,
             "source": weights_fingerprint(source.backbone), "train": data_fingerprint(train),
-            "test": data_fingerprint(test), "torch": torch.__version__, "device": device.type}
+            "test": data_fingerprint(test), "torch": torch.__version__, "device": device.type,
+            "threads": torch.get_num_threads() if device.type == "cpu" else None}
 
 
 def _run_key(identity: dict, strategy: str, k: int, seed: int) -> str:
@@ -432,9 +446,9 @@ def label_budget_curve(source: nn.Module, train, test, *, strategies: Sequence[s
     every strategy sees the same examples. Returns ``{strategy: {k: [acc per seed]}}`` (fractions).
 
     With ``cache`` each run's accuracy is kept in ``<data dir>/budget_runs``, keyed by everything
-    that determines it (strategy, k, seed, recipe, source weights, data, code version, torch version,
-    device type), so chapters that share runs (01-03) compute each one once; on the same machine a
-    cached run is the number a fresh run gives.
+    that determines it (strategy, k, seed, recipe, source weights, data, the source code of the
+    modules involved, torch version, device type, CPU threads), so chapters that share runs (01-03) compute each
+    one once; on the same machine a cached run is the number a fresh run gives.
     """
     import json
 
