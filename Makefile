@@ -32,7 +32,7 @@ test-fast: setup  ## unit tests only (no notebook execution)
 	$(PY) -m pytest -m "not notebooks"
 
 lint: setup  ## ruff
-	$(PY) -m ruff check tlutils tests benchmarks scripts
+	$(PY) -m ruff check tlutils tests benchmarks scripts notebooks
 	$(PY) -m tlutils.coursework check
 
 strip: setup  ## strip outputs from the committed notebooks
