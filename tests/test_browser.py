@@ -12,6 +12,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -24,7 +25,17 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tlutils.render import export_figures, index_html, readme_results_table, render_run
+from tlutils.render import (
+    ANCHORS,
+    README_BEGIN,
+    README_END,
+    README_METRICS,
+    export_figures,
+    index_html,
+    readme_results_table,
+    render_run,
+    update_readme,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SHOTS = REPO / "runs" / "browser"
@@ -297,3 +308,48 @@ def test_rendered_index_opens_in_the_browser(tmp_path, page):
 def test_rendered_quick_run_opens_in_the_browser(quick_run, page):
     index = render_run("quick", quick_run.parent.parent)
     _check_index(page, index, "index.png")
+
+
+# ------------------------------------------------------------------------------------------- README block
+def test_update_readme_rewrites_only_its_block_and_copies_tagged_figures(tmp_path):
+    run = fake_run(tmp_path)
+    nb = nbformat.read(run / "00_tiny.ipynb", as_version=4)
+    nb.cells[2].metadata["tags"] = ["readme-figure:tiny_plot"]
+    nbformat.write(nb, run / "00_tiny.ipynb")
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\n\nbefore\n<!-- results:begin old -->\nstale\n<!-- results:end -->\nafter\n")
+    results = json.loads((run / "results.json").read_text())
+    results["00_pretrain_source"] = {"source_acc": 0.98765}
+    block = update_readme(readme, results, run, tmp_path / "docs" / "figures")
+    text = readme.read_text()
+    assert text.startswith("# Title\n\nbefore\n<!-- results:begin") and text.endswith("<!-- results:end -->\nafter\n")
+    assert "stale" not in text and block in text
+    assert "| 00_pretrain_source | `source_acc` | 0.988 |  |" in text
+    assert "![" in text and "(docs/figures/tiny_plot.png)" in text
+    assert (tmp_path / "docs" / "figures" / "tiny_plot.png").read_bytes()[:4] == b"\x89PNG"
+    assert update_readme(readme, results, run, tmp_path / "docs" / "figures") == block, "idempotent"
+    assert readme.read_text() == text
+
+
+def test_update_readme_without_markers_says_what_to_add(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# no block here\n")
+    with pytest.raises(ValueError, match="results:begin"):
+        update_readme(readme, {}, fake_run(tmp_path), tmp_path / "figs")
+    assert readme.read_text() == "# no block here\n", "left untouched"
+
+
+def test_repo_readme_has_the_generated_block_and_its_figures():
+    text = (REPO / "README.md").read_text()
+    assert README_BEGIN in text and README_END in text, "README lost its generated results block"
+    block = text[text.index(README_BEGIN):text.index(README_END)]
+    for rel in re.findall(r"\]\((docs/figures/[^)]+\.png)\)", block):
+        assert (REPO / rel).is_file(), f"README shows {rel}, which is not committed"
+
+
+def test_readme_metrics_are_recorded_by_the_quick_run(quick_results):
+    for stem, names in README_METRICS.items():
+        missing = [n for n in names if n not in quick_results.get(stem, {})]
+        assert not missing, f"README_METRICS names {missing} that {stem} did not record"
+    for stem, anchors in ANCHORS.items():
+        assert set(anchors) <= set(README_METRICS[stem]), f"{stem}: an anchor without its metric in the README"

@@ -11,6 +11,7 @@ from tlutils.mmd import (
     GaussianKernel,
     MMDLoss,
     class_centroid_distance,
+    class_separation,
     dan_scales,
     gaussian_mmd2,
     head_activations,
@@ -171,6 +172,14 @@ def test_class_centroid_distance_zero_when_aligned():
     feats, labels = torch.randn(40, 3, generator=g), torch.arange(40) % 4
     assert class_centroid_distance(feats, labels, feats, labels) == pytest.approx(0.0, abs=1e-6)
     assert class_centroid_distance(feats, labels, feats + 10, labels) > 1
+
+
+def test_class_separation_hand_value_and_scale_free():
+    # two classes at 0 and 4 on a line, points +-1 around each: between = 4, within = 1
+    feats = torch.tensor([[-1.0], [1.0], [3.0], [5.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    assert class_separation(feats, labels) == pytest.approx(4.0)
+    assert class_separation(7 * feats, labels) == pytest.approx(4.0)
 
 
 @pytest.mark.parametrize(

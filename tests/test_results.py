@@ -7,7 +7,8 @@ from tlutils.results import MIME, collect_from_notebook, load_results, mean_std,
 
 
 def test_record_validates_and_remembers(capsys):
-    assert record("target_acc.demo", 0.5) == 0.5
+    assert record("target_acc.demo", 0.5) is None, "nothing to echo at the end of a notebook cell"
+    assert recorded()["target_acc.demo"] == 0.5
     assert "target_acc.demo = 0.5" in capsys.readouterr().out
     assert recorded()["target_acc.demo"] == 0.5
     with pytest.raises(ValueError, match="dotted lower case"):

@@ -371,6 +371,21 @@ def class_centroid_distance(
     return float(across / spread)
 
 
+def class_separation(features: Tensor, labels: Tensor) -> float:
+    """Class inter-centroid distance relative to the spread: mean distance between different class
+    centroids divided by the mean distance of a point to its own class centroid (scale-free; higher =
+    classes further apart). On target features it says how separable the target classes are.
+    """
+    features = _as_features("features", features).detach()
+    classes = sorted(set(labels.tolist()))
+    if len(classes) < 2:
+        raise ValueError(f"need >= 2 classes, found {classes}")
+    mu = torch.stack([features[labels == c].mean(0) for c in classes])
+    within = torch.cat([(features[labels == c] - mu[i]).norm(dim=1) for i, c in enumerate(classes)]).mean()
+    between = torch.cdist(mu, mu).sum() / (len(classes) * (len(classes) - 1))
+    return float(between / within)
+
+
 DAN_LAYERS = ("features", "head", "all")
 """Where DAN puts its penalty: the backbone output, the head's hidden activations and logits (DAN's
 fc6-fc8, the task-specific layers), or both."""
@@ -486,6 +501,7 @@ __all__ = [
     "GaussianKernel",
     "MMDLoss",
     "class_centroid_distance",
+    "class_separation",
     "dan_scales",
     "gaussian_mmd2",
     "median_bandwidth",

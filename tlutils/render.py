@@ -6,7 +6,13 @@ writes ``runs/<profile>/html/<chapter>.html`` for each executed notebook of the 
 ``HTMLExporter``, JupyterLab template, figures embedded), ``runs/<profile>/html/index.html`` (each
 chapter with its status, wall time and headline numbers from ``results.json``, plus the run's
 device and versions) and every figure as a PNG under ``runs/<profile>/html/figures/`` (to pick the
-README's pictures from). ``readme_results_table`` formats the README's results table.
+README's pictures from). ``readme_results_table`` formats the README's results table, and
+
+    python -m tlutils.render --readme
+
+rewrites the README's generated block (between ``<!-- results:begin`` and ``<!-- results:end -->``):
+the curated table of :data:`README_METRICS` beside the published :data:`ANCHORS`, and the figures whose
+notebook cell carries a ``readme-figure:<name>`` tag, copied to ``docs/figures/<name>.png``.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ import argparse
 import base64
 import html
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -176,6 +184,120 @@ def readme_results_table(
     return "\n".join(lines)
 
 
+README_METRICS: dict[str, list[str]] = {
+    "00_pretrain_source": ["source_acc"],
+    "01_feature_extraction": ["target_acc.scratch.k1", "target_acc.linear_probe.k1", "target_acc.scratch.k10",
+                              "target_acc.linear_probe.k10", "probe_acc.stage2", "feature_cache.speedup"],
+    "02_full_fine_tuning": ["target_acc.finetune.k1", "target_acc.finetune.k10", "forgetting.source_acc.default_lr",
+                            "forgetting.source_acc.largest_lr", "negative_transfer.target_acc.k10"],
+    "03_staged_unfreezing": ["target_acc.staged.k1", "target_acc.staged.k10", "target_acc.staged.k50"],
+    "04_dann": ["target_acc.source_only", "target_acc.dann", "target_acc.oracle",
+                "syn2real.target_acc.source_only", "syn2real.target_acc.dann"],
+    "05_mmd": ["mmd.type1_error", "mmd.power", "mmd.feature.source_only", "mmd.feature.dann",
+               "target_acc.source_only", "target_acc.dan"],
+    "06_maml": ["sinusoid.mse.maml.k5.step10", "sinusoid.mse.pretrained.k5.step10", "fewshot.acc.maml.5w1s",
+                "fewshot.acc.finetune.5w1s", "fewshot.acc.maml.5w5s", "cost.vmap_speedup.sinusoid"],
+}
+"""The headline numbers the README shows, per chapter (every recorded number is in the HTML index)."""
+
+ANCHORS: dict[str, dict[str, str]] = {
+    "04_dann": {
+        "target_acc.source_only": "0.5225 (Ganin et al. 2016, MNIST → MNIST-M, 60k source images)",
+        "target_acc.dann": "0.7666 (same)",
+        "target_acc.oracle": "0.9596 (same)",
+        "syn2real.target_acc.source_only": "0.8674 (SynNumbers → SVHN)",
+        "syn2real.target_acc.dann": "0.9109 (SynNumbers → SVHN)",
+    },
+    "05_mmd": {"mmd.type1_error": "0.05 (the level α: a valid test's target)"},
+    "06_maml": {
+        "sinusoid.mse.maml.k5.step10": "0.35 (Finn et al. 2017, Fig. 3, read off)",
+        "sinusoid.mse.pretrained.k5.step10": "2.19 (same)",
+        "fewshot.acc.maml.5w1s": "0.987 (Omniglot 5-way 1-shot)",
+        "fewshot.acc.maml.5w5s": "0.999 (Omniglot 5-way 5-shot)",
+    },
+}
+"""Published numbers beside ours, with their source. Ours use smaller data and schedules: compare orderings."""
+
+README_BEGIN = "<!-- results:begin"
+README_END = "<!-- results:end -->"
+FIGURE_TAG = "readme-figure:"
+
+
+def tagged_figures(run_dir: Path) -> dict[str, tuple[str, bytes]]:
+    """``{name: (chapter stem, PNG bytes)}`` for each cell tagged ``readme-figure:<name>`` in an executed run."""
+    found: dict[str, tuple[str, bytes]] = {}
+    for path in sorted(Path(run_dir).glob("[0-9][0-9]_*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            names = [t[len(FIGURE_TAG):] for t in cell.get("metadata", {}).get("tags", []) if t.startswith(FIGURE_TAG)]
+            pngs = [o["data"]["image/png"] for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+            for name in names:
+                if not pngs:
+                    raise ValueError(f"{path.name}: the cell tagged {FIGURE_TAG}{name} has no figure output; "
+                                     "was the notebook executed (python -m tlutils.run)?")
+                found[name] = (path.stem, base64.b64decode(pngs[0]))
+    return found
+
+
+def readme_block(results: dict, figures: dict[str, str], captions: dict[str, str] | None = None) -> str:
+    """The README's generated block: run facts, the headline table and the figures (``{name: relative path}``)."""
+    meta = results.get(META_KEY, {})
+    metrics = {stem: names for stem, names in README_METRICS.items() if stem in results}
+    wall = meta.get("total_wall_s")
+    facts = ", ".join(str(x) for x in (
+        f"profile `{meta.get('profile', '?')}`", f"seed {meta.get('seed', '?')}", meta.get("device"),
+        f"{wall / 60:.1f} min for the chapters run" if wall else None, (meta.get("finished") or "")[:10] or None,
+    ) if x)
+    lines = [
+        f"{README_BEGIN}: generated by `python -m tlutils.render --readme` from runs/quick/results.json; "
+        "edit tlutils/render.py, not this block -->",
+        f"Numbers of the last recorded run ({facts}); accuracies are fractions, means over the chapter's seeds. "
+        "Published numbers come from the papers' full-scale setups (more data, longer training): compare the "
+        "ordering of methods, not the values.",
+        "",
+        readme_results_table(results, {k: v for k, v in ANCHORS.items() if k in metrics}, metrics),
+        "",
+    ]
+    captions = captions or {}
+    for name, rel in figures.items():
+        lines += [f"![{captions.get(name, name)}]({rel})", "", f"*{captions.get(name, name)}*", ""]
+    lines.append(README_END)
+    return "\n".join(lines)
+
+
+FIGURE_CAPTIONS = {
+    "label_budget_curve": "Chapter 03: test accuracy on mnist5k against labels per class, scratch and the three "
+                          "transfer strategies (mean ± std over 3 seeds).",
+    "dann_tsne": "Chapter 04: t-SNE of source (mnist5k) and target (mnistm-lite) features before and after DANN.",
+    "mmd_per_stage": "Chapter 05: MMD² between digit domains, on pixels and at each stage of the source backbone.",
+}
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)  # mkstemp makes it 0600
+    os.replace(tmp, path)
+
+
+def update_readme(readme: Path, results: dict, run_dir: Path, figure_dir: Path) -> str:
+    """Rewrite the generated block of ``readme`` and copy the tagged figures to ``figure_dir``; return the block."""
+    text = readme.read_text(encoding="utf-8")
+    start, end = text.find(README_BEGIN), text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"{readme} has no generated block: add a line starting with '{README_BEGIN}' and a "
+                         f"line '{README_END}' where the results should go")
+    figures = {}
+    for name, (_, png) in tagged_figures(run_dir).items():
+        target = figure_dir / f"{name}.png"
+        _atomic_write(target, png)
+        figures[name] = os.path.relpath(target, readme.parent).replace(os.sep, "/")
+    block = readme_block(results, figures, FIGURE_CAPTIONS)
+    _atomic_write(readme, (text[:start] + block + text[end + len(README_END):]).encode("utf-8"))
+    return block
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tlutils.render", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="quick", help="which run to render (default: quick)")
@@ -183,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         "--runs-dir", type=Path, default=RUNS_DIR, help="where the runs live (default: runs/)"
     )
     parser.add_argument("--table", action="store_true", help="also print the README results table")
+    parser.add_argument("--readme", action="store_true",
+                        help="rewrite README.md's results block and docs/figures/ from this run")
     args = parser.parse_args(argv)
     try:
         index = render_run(args.profile, args.runs_dir)
@@ -192,6 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {index}")
     if args.table:
         print(readme_results_table(json.loads((index.parent.parent / "results.json").read_text())))
+    if args.readme:
+        run_dir = index.parent.parent
+        update_readme(REPO_ROOT / "README.md", json.loads((run_dir / "results.json").read_text()), run_dir,
+                      REPO_ROOT / "docs" / "figures")
+        print(f"updated {REPO_ROOT / 'README.md'} and {REPO_ROOT / 'docs' / 'figures'}")
     return 0
 
 

@@ -21,8 +21,11 @@ def _check_name(name: str) -> str:
     return name
 
 
-def record(name: str, value: float, fmt: str = ".4g") -> float:
-    """Record ``name = value`` (a finite number) for the run's results.json, and show it."""
+def record(name: str, value: float, fmt: str = ".4g") -> None:
+    """Record ``name = value`` (a finite number) for the run's results.json, and show it once.
+
+    Returns None, so a notebook cell that ends with ``record(...)`` does not echo the value a second time.
+    """
     _check_name(name)
     try:
         value = float(value)
@@ -38,11 +41,10 @@ def record(name: str, value: float, fmt: str = ".4g") -> float:
 
         if get_ipython() is not None:
             display({"text/plain": text, MIME: {"name": name, "value": value}}, raw=True)
-            return value
+            return
     except ImportError:
         pass
     print(text)
-    return value
 
 
 def recorded() -> dict[str, float]:
