@@ -93,3 +93,15 @@ def test_count_parameters():
     for p in model.backbone.parameters():
         p.requires_grad_(False)
     assert count_parameters(model, trainable_only=True) == 8 * 3 + 3
+
+
+def test_ganin_cnn_checkpoint_rebuilds_through_load_checkpoint(tmp_path):
+    from tlutils.dann import ganin_cnn
+
+    torch.manual_seed(0)
+    model = ganin_cnn(10).eval()
+    path = save_checkpoint(model, tmp_path / "ganin.pt")
+    loaded, meta = load_checkpoint(path)
+    assert meta["arch"] == "ganin_cnn" and type(loaded.backbone).__name__ == "GaninCNN"
+    x = torch.rand(4, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), model(x))

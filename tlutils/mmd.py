@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tlutils.dann import AnnealLR, DANNStep, Recipe, grl_lambda
+from tlutils.dann import AnnealLR, DANNStep, Recipe, grl_lambda, make_optimizer
 from tlutils.train import History, fit
 
 ESTIMATORS = ("unbiased", "biased", "linear")
@@ -475,12 +475,11 @@ def train_dan(
     batch, length, lambda ramp), so that DAN, DANN and source-only differ only in the adaptation term."""
     n = len(source.x) if hasattr(source, "x") else len(source[0])
     step = DANStep(target, weight=weight, layers=layers, gamma=recipe.gamma, loss=loss, seed=seed + 1)
-    opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
     return fit(
         model,
         source,
         epochs=recipe.epochs_for(n),
-        optimizer=opt,
+        optimizer=make_optimizer(model, recipe),
         batch_size=recipe.batch_size,
         callbacks=[AnnealLR(recipe.alpha, recipe.beta)],
         step_fn=step,

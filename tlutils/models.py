@@ -175,7 +175,7 @@ class Classifier(nn.Module):
         return self.head(self.backbone(x))
 
 
-ARCHS = ("resnet_small", "resnet18", "resnet50")
+ARCHS = ("resnet_small", "resnet18", "resnet50", "ganin_cnn")
 
 
 def build_backbone(arch: str, **kwargs) -> Backbone:
@@ -184,11 +184,19 @@ def build_backbone(arch: str, **kwargs) -> Backbone:
         return resnet_small(**kwargs)
     if arch in ("resnet18", "resnet50"):
         return torchvision_resnet(arch, **kwargs)
+    if arch == "ganin_cnn":  # chapter 04's small MNIST network (Ganin et al. 2016); lives with DANN
+        from tlutils.dann import GaninCNN
+
+        return GaninCNN(**kwargs)
     raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
 
 
 def build_model(arch: str, num_classes: int, head_hidden: int | None = None, **backbone_kwargs) -> Classifier:
-    """A ``Classifier`` with a fresh head on a backbone built by name."""
+    """A ``Classifier`` with a fresh head on a backbone built by name (``ganin_cnn`` gets its paper's head)."""
+    if arch == "ganin_cnn":
+        from tlutils.dann import ganin_cnn
+
+        return ganin_cnn(num_classes, **backbone_kwargs)
     backbone = build_backbone(arch, **backbone_kwargs)
     return Classifier(backbone, make_head(backbone.out_features, num_classes, head_hidden))
 
