@@ -378,6 +378,43 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {recipe.optimizer!r} in the recipe; use 'sgd' or 'adam'")
 
 
+def fit_recipe(
+    model: nn.Module,
+    train,
+    recipe: Recipe = Recipe(),
+    *,
+    step_fn=None,
+    seed: int = 0,
+    device=None,
+    amp: bool | None = None,
+    progress: bool | None = None,
+    val=None,
+    desc: str | None = None,
+    channels_last: bool | None = True,
+) -> History:
+    """One run under a chapter-04 recipe: its optimiser, annealed learning rate, batch size and length.
+
+    ``step_fn`` adds the adaptation term (``DANNStep``, DAN's ``DANStep``); without it this is plain supervised
+    training. Sharing this is what makes source-only, DANN and DAN differ only in that term.
+    """
+    return fit(
+        model,
+        train,
+        epochs=recipe.epochs_for(_size(train)),
+        optimizer=make_optimizer(model, recipe),
+        batch_size=recipe.batch_size,
+        callbacks=[AnnealLR(recipe.alpha, recipe.beta)],
+        step_fn=step_fn,
+        device=device,
+        amp=amp,
+        progress=progress,
+        seed=seed,
+        val=val,
+        desc=desc,
+        channels_last=channels_last,
+    )
+
+
 def train_dann(
     model: DANN,
     source,
@@ -391,22 +428,9 @@ def train_dann(
     val=None,
 ) -> History:
     """Train a :class:`DANN` on labelled ``source`` and unlabelled ``target`` with the paper's schedules."""
-    return fit(
-        model,
-        source,
-        epochs=recipe.epochs_for(_size(source)),
-        optimizer=make_optimizer(model, recipe),
-        batch_size=recipe.batch_size,
-        callbacks=[AnnealLR(recipe.alpha, recipe.beta)],
-        step_fn=DANNStep(target, gamma=recipe.gamma, lambda_max=recipe.lambda_max, seed=seed + 1),
-        device=device,
-        amp=amp,
-        progress=progress,
-        seed=seed,
-        val=val,
-        desc="DANN",
-        channels_last=True,
-    )
+    step = DANNStep(target, gamma=recipe.gamma, lambda_max=recipe.lambda_max, seed=seed + 1)
+    return fit_recipe(model, source, recipe, step_fn=step, seed=seed, device=device, amp=amp, progress=progress,
+                      val=val, desc="DANN")
 
 
 def train_supervised(
@@ -423,21 +447,7 @@ def train_supervised(
 ) -> History:
     """Same optimiser, lr schedule, batch and length as :func:`train_dann`, without the domain loss:
     the source-only baseline (``train`` = source) and the oracle (``train`` = labelled target)."""
-    return fit(
-        model,
-        train,
-        epochs=recipe.epochs_for(_size(train)),
-        optimizer=make_optimizer(model, recipe),
-        batch_size=recipe.batch_size,
-        callbacks=[AnnealLR(recipe.alpha, recipe.beta)],
-        device=device,
-        amp=amp,
-        progress=progress,
-        seed=seed,
-        val=val,
-        desc=desc,
-        channels_last=True,
-    )
+    return fit_recipe(model, train, recipe, seed=seed, device=device, amp=amp, progress=progress, val=val, desc=desc)
 
 
 METHODS = ("source_only", "dann", "oracle")

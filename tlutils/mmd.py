@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tlutils.dann import AnnealLR, DANNStep, Recipe, grl_lambda, make_optimizer
-from tlutils.train import History, fit
+from tlutils.dann import DANNStep, Recipe, fit_recipe, grl_lambda
+from tlutils.train import History
 
 ESTIMATORS = ("unbiased", "biased", "linear")
 """unbiased: U-statistic (Gretton eq. 3, diagonal excluded, can be < 0). biased: V-statistic (eq. 5,
@@ -473,23 +473,10 @@ def train_dan(
 ) -> History:
     """Train a ``Classifier`` with DAN's MMD penalty under notebook 04's recipe (optimiser, lr annealing,
     batch, length, lambda ramp), so that DAN, DANN and source-only differ only in the adaptation term."""
-    n = len(source.x) if hasattr(source, "x") else len(source[0])
     step = DANStep(target, weight=weight, layers=layers, gamma=recipe.gamma, loss=loss, seed=seed + 1)
-    return fit(
-        model,
-        source,
-        epochs=recipe.epochs_for(n),
-        optimizer=make_optimizer(model, recipe),
-        batch_size=recipe.batch_size,
-        callbacks=[AnnealLR(recipe.alpha, recipe.beta)],
-        step_fn=step,
-        device=device,
-        amp=amp,
-        progress=progress,
-        seed=seed,
-        val=val,
-        desc="DAN",
-    )
+    # channels_last as fit decides (CUDA only), as when notebook 05's numbers were recorded
+    return fit_recipe(model, source, recipe, step_fn=step, seed=seed, device=device, amp=amp, progress=progress,
+                      val=val, desc="DAN", channels_last=None)
 
 
 __all__ = [
