@@ -6,6 +6,7 @@ the axes, so notebooks can compose figures.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -35,6 +36,21 @@ def plot_history(history, keys: Iterable[str] | None = None, ax=None, title: str
     return ax
 
 
+@functools.cache
+def _font_codepoints() -> frozenset[int]:
+    """Code points the default matplotlib font can draw."""
+    from matplotlib import font_manager, ft2font
+
+    path = font_manager.findfont(font_manager.FontProperties())
+    return frozenset(ft2font.FT2Font(path).get_charmap())
+
+
+def displayable(label: str) -> str:
+    """``label`` with each character the default font lacks written as ``U+XXXX`` (no tofu, no warnings)."""
+    known = _font_codepoints()
+    return "".join(ch if ord(ch) in known or ch.isspace() else f"U+{ord(ch):04X}" for ch in str(label))
+
+
 def sample_grid(
     images: torch.Tensor, labels: Sequence[str] | None = None, ncols: int = 8, ax=None, title: str | None = None
 ):
@@ -52,7 +68,7 @@ def sample_grid(
     ax.imshow(canvas, interpolation="nearest")
     if labels is not None:
         ax.set_xticks([(i % ncols) * (w + 2) + w / 2 for i in range(min(n, ncols))])
-        ax.set_xticklabels([str(s) for s in labels[:ncols]], fontsize=7)
+        ax.set_xticklabels([displayable(s) for s in labels[:ncols]], fontsize=7)
     else:
         ax.set_xticks([])
     ax.set_yticks([])
