@@ -26,7 +26,7 @@ from tlutils.data import (
 from tlutils.data import cache as cache_mod
 
 OFFLINE = ["glyphs", "mnist5k", "mnistm-lite", "syndigits", "digits8x8"]
-ONLINE = ["mnist", "svhn", "usps", "cifar10", "omniglot"]
+ONLINE = ["mnist", "svhn", "usps", "cifar10", "omniglot", "mnistm"]
 SMALL = {
     "glyphs": {"alphabets": ["latin", "greek", "braille", "arrows"], "num_classes": 12, "per_class": 4},
     "syndigits": {"size": 60},

@@ -145,3 +145,31 @@ def test_converted_online_domain_is_cached(tv_root, monkeypatch):
 
     monkeypatch.setattr(online, "_tv", no_torchvision)
     assert torch.equal(load_domain("mnist", "train", download=False).x, first.x)
+
+
+def test_mnistm_blends_mnist_with_bsds500_photos(tv_root, tmp_data):
+    from PIL import Image
+
+    raw = tv_root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    digits = np.zeros((3, 28, 28), dtype=np.uint8)
+    digits[:, 10:18, 12:16] = 255  # a bar: white strokes on black
+    for s in ("train", "t10k"):
+        _idx(raw / f"{s}-images-idx3-ubyte", digits)
+        _idx(raw / f"{s}-labels-idx1-ubyte", np.array([3, 1, 4], dtype=np.uint8))
+    with pytest.raises(DomainUnavailableError, match="BSDS500.*mnistm-lite"):
+        load_domain("mnistm", "test")
+    photos = tmp_data / "bsds500" / "images" / "train"
+    photos.mkdir(parents=True)
+    colours = [(200, 40, 90), (10, 120, 250)]  # flat photos: every crop of photo k is colour k
+    for k, colour in enumerate(colours):
+        Image.fromarray(np.full((40, 48, 3), colour, dtype=np.uint8)).save(photos / f"{k}.png")
+    d = load_domain("mnistm", "test", seed=0)
+    assert d.x.shape == (3, 3, 32, 32) and d.y.tolist() == [3, 1, 4] and d.info["photos"] == 2
+    # |photo - digit|: off the stroke the pixel is the photo, on the white stroke it is 255 - photo
+    pixels = (d.x * 255).round().to(torch.int64)
+    for img in pixels:
+        off, on = img[:, 4, 4].tolist(), img[:, 14, 15].tolist()
+        assert tuple(off) in colours and on == [255 - c for c in off]
+    assert torch.equal(load_domain("mnistm", "test", seed=0).x, d.x), "same seed, same crops"
+    assert not torch.equal(load_domain("mnistm", "test", seed=1).x, d.x), "the seed picks photo and crop"
