@@ -395,6 +395,8 @@ def grade(
     from nbclient import NotebookClient
     from nbclient.exceptions import DeadKernelError
 
+    from tlutils.run import QUIET_KERNEL
+
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
     find_exercises(nb)  # report markup errors against the file's own cell numbers
@@ -413,6 +415,7 @@ def grade(
         nb,
         timeout=timeout,
         kernel_name=kernel_name,
+        extra_arguments=QUIET_KERNEL,
         allow_errors=True,
         interrupt_on_timeout=True,
         resources={"metadata": {"path": str(path.parent.resolve())}},

@@ -23,6 +23,9 @@ from tlutils.config import PROFILES, REPO_ROOT, resolve_profile
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 RUNS_DIR = REPO_ROOT / "runs"
 META_KEY = "_run"
+QUIET_KERNEL = ["--IPKernelApp.log_level=ERROR"]
+"""Kernel arguments: no start-up warnings (e.g. ipykernel's "running over TCP" notice) in the runner's log.
+Warnings raised by notebook code still appear in the cells' outputs."""
 
 
 def list_notebooks(notebooks_dir: Path = NOTEBOOKS_DIR, only: list[str] | None = None) -> list[Path]:
@@ -93,6 +96,7 @@ def execute(nb: Path, out_dir: Path, profile: str, seed: int, timeout: int | Non
             progress_bar=False,
             execution_timeout=timeout,
             log_output=False,
+            extra_arguments=QUIET_KERNEL,
         )
         error = None
     except pm.PapermillExecutionError as exc:
