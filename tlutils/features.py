@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import time
 import weakref
 from dataclasses import dataclass, field, replace
@@ -20,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from tlutils.atomic import atomic_write
 
 FEATURES_VERSION = 1
 """Bump when extraction changes, so stale cache files are not reused."""
@@ -151,15 +152,7 @@ def feature_key(model: nn.Module, data, stage: str, grid: int = 1) -> str:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _remember(key: str, feats: Features) -> None:

@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from tlutils.atomic import atomic_write_text
+
 HEAD = "head"
 ULMFIT_FACTOR = 2.6
 """Howard & Ruder (2018): each layer group gets the learning rate of the group above divided by 2.6."""
@@ -485,10 +487,8 @@ def label_budget_curve(source: nn.Module, train, test, *, strategies: Sequence[s
                                            recipe=recipe, seed=seed, device=device, head_hidden=head_hidden)
                     acc = accuracy(model, test, device=device)
                 if cache and not path.exists():
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = path.with_suffix(".tmp")
-                    tmp.write_text(json.dumps({"acc": acc, "strategy": strategy, "k": int(k), "seed": int(seed)}))
-                    tmp.replace(path)
+                    atomic_write_text(path, json.dumps({"acc": acc, "strategy": strategy, "k": int(k),
+                                                        "seed": int(seed)}))
                 out[strategy][int(k)].append(acc)
                 if bar is not None:
                     bar.update(1)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from tlutils.atomic import atomic_write
 
 STAGES = ("stem", "stage1", "stage2", "stage3", "stage4")
 
@@ -237,7 +238,6 @@ def save_checkpoint(model: Classifier, path: str | os.PathLike, **metadata) -> P
     keyword given (domain, classes, profile, seed, metrics...).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     head_hidden = model.head[0].out_features if isinstance(model.head, nn.Sequential) else None
     num_classes = model.head[-1].out_features if isinstance(model.head, nn.Sequential) else model.head.out_features
     meta = {
@@ -249,16 +249,7 @@ def save_checkpoint(model: Classifier, path: str | os.PathLike, **metadata) -> P
         **metadata,
     }
     meta = json.loads(json.dumps(meta, default=str))  # plain types only: loadable with weights_only=True
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"metadata": meta, "state_dict": model.state_dict()}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save({"metadata": meta, "state_dict": model.state_dict()}, f))
     return path
 
 

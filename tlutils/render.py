@@ -23,11 +23,11 @@ import html
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import nbformat
 
+from tlutils.atomic import atomic_write_bytes, atomic_write_text
 from tlutils.config import REPO_ROOT
 
 RUNS_DIR = REPO_ROOT / "runs"
@@ -272,15 +272,6 @@ FIGURE_CAPTIONS = {
 }
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)  # mkstemp makes it 0600
-    os.replace(tmp, path)
-
-
 def update_readme(readme: Path, results: dict, run_dir: Path, figure_dir: Path) -> str:
     """Rewrite the generated block of ``readme`` and copy the tagged figures to ``figure_dir``; return the block."""
     text = readme.read_text(encoding="utf-8")
@@ -291,10 +282,10 @@ def update_readme(readme: Path, results: dict, run_dir: Path, figure_dir: Path) 
     figures = {}
     for name, (_, png) in tagged_figures(run_dir).items():
         target = figure_dir / f"{name}.png"
-        _atomic_write(target, png)
+        atomic_write_bytes(target, png)
         figures[name] = os.path.relpath(target, readme.parent).replace(os.sep, "/")
     block = readme_block(results, figures, FIGURE_CAPTIONS)
-    _atomic_write(readme, (text[:start] + block + text[end + len(README_END):]).encode("utf-8"))
+    atomic_write_text(readme, text[:start] + block + text[end + len(README_END):])
     return block
 
 

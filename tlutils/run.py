@@ -18,6 +18,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tlutils.atomic import atomic_write_text
 from tlutils.config import PROFILES, REPO_ROOT, resolve_profile
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -110,10 +111,7 @@ def execute(nb: Path, out_dir: Path, profile: str, seed: int, timeout: int | Non
 
 def write_results(path: Path, results: dict) -> None:
     """Write results.json atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(results, indent=2, sort_keys=True))
 
 
 def summary_table(results: dict, stems: list[str] | None = None, max_metrics: int = 6) -> str:
