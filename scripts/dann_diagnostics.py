@@ -1,86 +1,91 @@
-"""The side experiments behind the "Reading the table" notes of chapters 04 and 05 (seed 0, quick recipe).
+"""The side experiments behind chapters 04-05's notes on the recipe (quick profile, mnist5k -> mnistm-lite).
 
-    python scripts/dann_diagnostics.py mmd-vs-steps [--steps 1000 4000]
-        feature MMD^2 and target accuracy of source-only and DANN on mnist5k -> mnistm-lite (notebook 05)
-    python scripts/dann_diagnostics.py syn2real
-        why DANN collapses on syndigits -> mnist5k: the source plateau, lambda_max, Adam, warm start (notebook 04)
+    python scripts/dann_diagnostics.py ablation [--seeds 0 1 2] [--pair mnistm|syn]
+        source-only and DANN target accuracy with and without BatchNorm, and with BatchNorm but one joint
+        forward of [x_s; x_t] instead of separate forwards (per-domain statistics); each tested with the
+        running BatchNorm statistics and with target statistics (AdaBN)
+    python scripts/dann_diagnostics.py weighting [--seeds 0 1 2]
+        DANN with the paper's progress ramp against the tutorial weight sigmoid(0.1 ||mean f_s - mean f_t||)
 
-Each run prints one line per model; nothing is cached or written. A few minutes on 2 CPU cores.
+Each run prints one line per model and a mean per variant; nothing is cached or written. Minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+from dataclasses import replace
 
+import numpy as np
 import torch
 
 import tlutils
-from tlutils import mmd
-from tlutils.dann import DANN, recipe_for, run_method, train_dann
+from tlutils.adapt import Recipe, adabn, build_network, recipe_for
+from tlutils.adapt_runs import train_method
+from tlutils.dann import DANN, train_dann
 from tlutils.data import load_domain
-from tlutils.train import evaluate, predict
+from tlutils.train import evaluate
+
+PAIRS = {"mnistm": ("mnist5k", "mnistm-lite"), "syn": ("syndigits", "mnist5k")}
+VARIANTS = {
+    "no BatchNorm (the paper's network)": dict(batch_norm=False, per_domain=False),
+    "BatchNorm, one joint forward": dict(batch_norm=True, per_domain=False),
+    "BatchNorm, separate forwards": dict(batch_norm=True, per_domain=True),
+}
 
 
-def features(model, data) -> torch.Tensor:
-    return predict(model, data, fn=lambda m, x: m.features(x))
+def score(net, target_train, target_test) -> tuple[float, float]:
+    """Target accuracy with the network's running statistics, and with target statistics (AdaBN)."""
+    return evaluate(net, target_test)["acc"], evaluate(adabn(net, target_train), target_test)["acc"]
 
 
-def mmd_vs_steps(cfg, steps: list[int], seed: int) -> None:
-    src, tgt = load_domain("mnist5k", "train"), load_domain("mnistm-lite", "train")
-    src_test, tgt_test = load_domain("mnist5k", "test"), load_domain("mnistm-lite", "test")
-    order = torch.randperm(len(src_test), generator=torch.Generator().manual_seed(seed))
-    half = len(order) // 2
-    src_half, tgt_half = src_test.subset(order[:half]), tgt_test.subset(order[half:])  # independent samples
-    for n in steps:
-        for method in ("source_only", "dann"):
-            r = run_method(method, src, tgt, tgt_test, recipe_for(cfg, steps=n), seed=seed, device=cfg.device,
-                           progress=False)
-            m2, p = mmd.permutation_test(features(r.model, src_half), features(r.model, tgt_half), 200, seed=seed)
-            print(f"steps {n:5d} {method:11s}: target acc {r.target_acc:.3f}, "
-                  f"feature MMD^2 {float(m2):.4f} (p={p:.3f})")
+def ablation(recipe: Recipe, pair: str, seeds: list[int]) -> None:
+    source, target = (load_domain(d, "train") for d in PAIRS[pair])
+    target_test = load_domain(PAIRS[pair][1], "test")
+    for name, change in VARIANTS.items():
+        r = replace(recipe, **change)
+        results: dict[str, list[tuple[float, float]]] = {"source_only": [], "dann": []}
+        for seed in seeds:
+            for method in results:
+                if method == "source_only" and not change["per_domain"] and change["batch_norm"]:
+                    continue  # source-only has no target batch: identical to the separate-forward variant
+                net, _ = train_method(method, source, target, r, seed=seed, progress=False)
+                results[method].append(score(net, target, target_test))
+                print(f"{name:36s} {method:11s} seed {seed}: target acc {results[method][-1][0]:.3f} "
+                      f"(target statistics {results[method][-1][1]:.3f})", flush=True)
+        for method, values in results.items():
+            if values:
+                v = np.asarray(values)
+                print(f"== {name:36s} {method:11s} mean over {len(v)} seeds: {v[:, 0].mean():.3f} "
+                      f"(target statistics {v[:, 1].mean():.3f})", flush=True)
 
 
-def syn2real(cfg, seed: int) -> None:
-    src, tgt = load_domain("syndigits", "train"), load_domain("mnist5k", "train")
-    tgt_test = load_domain("mnist5k", "test")
-
-    def run(method: str, **overrides):
-        recipe = recipe_for(cfg, **overrides)
-        r = run_method(method, src, tgt, tgt_test, recipe, seed=seed, device=cfg.device, progress=False)
-        acc = r.history.column("acc", per="step")
-        windows = " / ".join(f"{sum(acc[s:s + 100]) / len(acc[s:s + 100]):.2f}" for s in range(0, 400, 100))
-        norm = features(r.model, tgt_test).norm(dim=1).mean()
-        print(f"{method:11s} {overrides or ''}: target {r.target_acc:.3f}, source {r.source_acc:.3f}, "
-              f"source acc in steps 0-100/-200/-300/-400 {windows}, mean target feature norm {norm:.1f}")
-        return r
-
-    base = run("source_only")
-    run("source_only", steps=2000)
-    for lam in (1.0, 0.1, 0.0):
-        run("dann", lambda_max=lam)
-    run("source_only", optimizer="adam", lr=1e-3)
-    run("dann", optimizer="adam", lr=1e-3)
-    for lam in (1.0, 0.3):  # warm start: DANN from the trained source-only weights, 1,000 more steps
-        net = copy.deepcopy(base.model).train()
-        torch.manual_seed(seed)  # the new domain head's initialisation
-        train_dann(DANN(net, hidden=recipe_for(cfg).domain_hidden), src, tgt, recipe_for(cfg, lambda_max=lam),
-                   seed=seed, device=cfg.device, progress=False)
-        print(f"warm-start DANN lambda_max={lam}: target {evaluate(net, tgt_test)['acc']:.3f}, "
-              f"source {evaluate(net, src)['acc']:.3f}")
+def weighting(recipe: Recipe, seeds: list[int]) -> None:
+    source, target = (load_domain(d, "train") for d in PAIRS["mnistm"])
+    target_test = load_domain(PAIRS["mnistm"][1], "test")
+    for mode in ("progress", "dynamic"):
+        accs = []
+        for seed in seeds:
+            torch.manual_seed(seed)
+            net = build_network(recipe, 10)
+            train_dann(DANN(net, hidden=recipe.domain_hidden), source, target, recipe, weighting=mode, seed=seed,
+                       progress=False)
+            accs.append(score(net.eval(), target, target_test)[1])
+            print(f"DANN weighting={mode:8s} seed {seed}: target acc (target statistics) {accs[-1]:.3f}", flush=True)
+        print(f"== weighting={mode:8s} mean over {len(accs)} seeds: {np.mean(accs):.3f}", flush=True)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("experiment", choices=["mmd-vs-steps", "syn2real"])
-    parser.add_argument("--steps", type=int, nargs="+", default=[1000, 4000])
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("experiment", choices=["ablation", "weighting"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--pair", choices=sorted(PAIRS), default="mnistm")
     args = parser.parse_args()
-    cfg = tlutils.setup("quick", args.seed)
-    if args.experiment == "mmd-vs-steps":
-        mmd_vs_steps(cfg, args.steps, args.seed)
+    cfg = tlutils.setup("quick", args.seeds[0])
+    recipe = recipe_for(cfg)
+    if args.experiment == "ablation":
+        ablation(recipe, args.pair, args.seeds)
     else:
-        syn2real(cfg, args.seed)
+        weighting(recipe, args.seeds)
 
 
 if __name__ == "__main__":

@@ -1,35 +1,16 @@
-"""Unit tests of tlutils.dann: gradient reversal, schedules, the DANN step, and DANN on a toy shift."""
+"""Unit tests of tlutils.dann: gradient reversal, the DANN step, and DANN on a toy shift."""
 
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
-from tlutils.dann import (
-    DANN,
-    AnnealLR,
-    DANNStep,
-    GaninCNN,
-    GradientReversal,
-    Recipe,
-    annealed_lr,
-    domain_classifier,
-    ganin_cnn,
-    grad_reverse,
-    grl_lambda,
-    infinite_batches,
-    lr_factor,
-    pair_paths,
-    pretrained_pair,
-    save_pair,
-    train_dann,
-    train_supervised,
-)
-from tlutils.models import Classifier
+from tlutils.adapt import Recipe, fit_recipe, ramp
+from tlutils.dann import DANN, DANNStep, GradientReversal, grad_reverse, train_dann
+from tlutils.models import Classifier, ganin_cnn
 from tlutils.train import evaluate
 
 # ----------------------------------------------------------------------------- gradient reversal
@@ -90,61 +71,7 @@ def test_grl_module_and_bad_lambda():
         grad_reverse(x, torch.ones(2))
 
 
-# ----------------------------------------------------------------------------- schedules
-
-
-def test_lambda_schedule_at_0_half_1():
-    assert grl_lambda(0.0) == 0.0
-    assert grl_lambda(0.5) == pytest.approx(2 / (1 + math.exp(-5)) - 1) == pytest.approx(math.tanh(2.5))
-    assert grl_lambda(1.0) == pytest.approx(0.9999092, abs=1e-7)
-    assert grl_lambda(0.5, gamma=0.0) == 0.0
-
-
-def test_lr_schedule_at_0_half_1():
-    assert lr_factor(0.0) == 1.0
-    assert lr_factor(0.5) == pytest.approx(6**-0.75)
-    assert lr_factor(1.0) == pytest.approx(11**-0.75)
-    assert annealed_lr(1.0, mu0=0.01) == pytest.approx(0.01 / 11**0.75)
-    assert annealed_lr(0.5, mu0=1.0, alpha=2.0, beta=1.0) == pytest.approx(0.5)
-
-
-@pytest.mark.parametrize("fn", [grl_lambda, lr_factor])
-def test_schedules_reject_progress_outside_unit_interval(fn):
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        fn(1.5)
-
-
-def test_anneal_lr_callback_follows_progress():
-    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
-    cb, state = AnnealLR(), SimpleNamespace(optimizer=opt, progress=0.0)
-    cb.on_fit_start(state)
-    for p in (0.0, 0.5, 1.0):
-        state.progress = p
-        cb.on_batch_start(state)
-        assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * lr_factor(p))
-
-
 # ----------------------------------------------------------------------------- networks and step
-
-
-def test_ganin_cnn_shapes_and_stages():
-    model = ganin_cnn(10)
-    x = torch.rand(2, 3, 32, 32)
-    assert isinstance(model.backbone, GaninCNN)
-    assert model.backbone.out_features == 48 * 4 * 4
-    assert model.features(x).shape == (2, 768)
-    assert model(x).shape == (2, 10)
-    maps = model.backbone.forward_stages(x)
-    assert list(maps) == ["stem", "stage1"] and maps["stage1"].shape == (2, 48, 4, 4)
-    assert domain_classifier(768)(model.features(x)).shape == (2, 1)
-
-
-def test_infinite_batches_cover_every_index_each_pass():
-    it = infinite_batches(10, 4, seed=0)
-    seen = torch.cat([next(it) for _ in range(5)])  # 20 indices = two full passes
-    assert sorted(seen[:10].tolist()) == list(range(10)) and sorted(seen[10:].tolist()) == list(range(10))
-    again = infinite_batches(10, 4, seed=0)
-    assert torch.equal(torch.cat([next(again) for _ in range(5)]), seen)
 
 
 def test_dann_step_losses_and_gradients():
@@ -154,13 +81,44 @@ def test_dann_step_losses_and_gradients():
     xs, ys = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
     logs = step(model, (xs, ys), SimpleNamespace(progress=1.0))
     assert set(logs) >= {"loss", "label_loss", "domain_loss", "domain_acc", "acc", "lambda"}
-    assert logs["lambda"] == pytest.approx(grl_lambda(1.0))
+    assert logs["lambda"] == pytest.approx(ramp(1.0))
     assert torch.allclose(logs["loss"], logs["label_loss"] + logs["domain_loss"])
     logs["loss"].backward()
     # The domain head descends the domain loss; the features get the reversed gradient.
     assert all(p.grad is not None for p in model.parameters())
     with pytest.raises(TypeError, match="DANN"):
         step(model.classifier, (xs, ys), SimpleNamespace(progress=0.0))
+    with pytest.raises(ValueError, match="weighting"):
+        DANNStep(torch.rand(7, 3, 32, 32), weighting="sometimes")
+
+
+def test_dann_step_forwards_each_domain_alone_with_batch_norm():
+    """per_domain: the source batch's features do not depend on the target batch (own BatchNorm statistics);
+    a joint forward mixes the statistics, so the source features change with the target batch."""
+    torch.manual_seed(0)
+    model = DANN(ganin_cnn(3, batch_norm=True), hidden=(8,)).train()
+    xs = torch.rand(4, 3, 32, 32)
+    seen = {}
+    for per_domain in (True, False):
+        outs = []
+        for shift in (0.0, 0.5):
+            step = DANNStep(torch.rand(6, 3, 32, 32) + shift, per_domain=per_domain, seed=0)
+            feats = []
+            grab = lambda m, i, o, feats=feats: feats.append(i[0].detach())
+            hook = model.classifier.head.register_forward_hook(grab)
+            step(model, (xs, torch.tensor([0, 1, 2, 0])), SimpleNamespace(progress=0.5))
+            hook.remove()
+            outs.append(feats[0])
+        seen[per_domain] = torch.allclose(outs[0], outs[1])
+    assert seen == {True: True, False: False}
+
+
+def test_dynamic_weighting_is_at_least_one_half():
+    torch.manual_seed(0)
+    model = DANN(ganin_cnn(3), hidden=(8,))
+    step = DANNStep(torch.rand(7, 3, 32, 32), weighting="dynamic", seed=0)
+    logs = step(model, (torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])), SimpleNamespace(progress=0.0))
+    assert 0.5 <= logs["lambda"] < 1.0  # the paper's ramp would give 0 at p = 0
 
 
 def test_dann_step_reverses_exactly_the_domain_gradient():
@@ -176,21 +134,6 @@ def test_dann_step_reverses_exactly_the_domain_gradient():
     feats.grad = None
     bce(model.domain_head(feats).squeeze(1), target).backward()
     assert torch.allclose(reversed_grad, -0.4 * feats.grad)
-
-
-def test_pair_paths_key_on_recipe(tmp_path):
-    cfg = SimpleNamespace(data_dir=tmp_path, pick=lambda quick, full: quick)
-    a = pair_paths(cfg, seed=0)
-    assert a["dann"].parent == tmp_path / "checkpoints" and a["dann"] != a["source_only"]
-    assert pair_paths(cfg, seed=1)["dann"] != a["dann"]
-    assert pair_paths(cfg, seed=0, recipe=Recipe(steps=7))["dann"] != a["dann"]
-    nets = {"source_only": ganin_cnn(10), "dann": ganin_cnn(10)}
-    saved = save_pair(cfg, nets, seed=0)
-    assert saved == a and all(p.exists() for p in a.values())
-    loaded = dict(zip(("source_only", "dann"), pretrained_pair(cfg, seed=0), strict=True))  # cached: loads
-    for method, net in nets.items():
-        for key, value in net.state_dict().items():
-            assert torch.equal(loaded[method].state_dict()[key], value), (method, key)
 
 
 # ----------------------------------------------------------------------------- DANN on a toy shift
@@ -250,7 +193,7 @@ def test_dann_suppresses_the_domain_feature_and_lowers_target_error(one_thread):
                     "the domain head should be partly fooled by the end"
                 )
             else:
-                train_supervised(net, (xs, ys), recipe, seed=seed, progress=False)
+                fit_recipe(net, (xs, ys), recipe, seed=seed, progress=False)
             errors[method].append(1 - evaluate(net, (xt, yt))["acc"])
             w = net.backbone.layer.weight.detach()  # weight of feature 0 relative to feature 1, first layer
             rel[method].append((w[:, 0].norm() / w[:, 1].norm()).item())

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from tlutils.dann import Recipe, train_supervised
+from tlutils.adapt import Recipe, fit_recipe
 from tlutils.mmd import (
     GaussianKernel,
     MMDLoss,
@@ -15,6 +15,7 @@ from tlutils.mmd import (
     dan_scales,
     gaussian_mmd2,
     head_activations,
+    inter_centroid_distance,
     median_bandwidth,
     mmd2,
     mmd2_from_gram,
@@ -228,6 +229,17 @@ def test_dan_trains_and_with_zero_weight_is_the_source_only_run():
     assert math.isfinite(history.last("train_mmd")) and history.last("train_lambda") > 0
     zero, plain = _tiny_classifier(0), _tiny_classifier(0)
     train_dan(zero, source, target, recipe, weight=0.0, seed=0, progress=False)
-    train_supervised(plain, source, recipe, seed=0, progress=False)
+    fit_recipe(plain, source, recipe, seed=0, progress=False)
     for a, b in zip(zero.parameters(), plain.parameters(), strict=True):
         torch.testing.assert_close(a, b)  # same batches, same optimiser: only the MMD term differs
+
+
+def test_inter_centroid_distance_by_hand_and_its_scale():
+    feats = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0], [0.0, 6.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    # centroids (1, 0) and (0, 5); their mean (0.5, 2.5); squared distances 0.25 + 6.25 = 6.5 each
+    assert inter_centroid_distance(feats, labels) == pytest.approx(6.5)
+    assert inter_centroid_distance(3 * feats, labels) == pytest.approx(9 * 6.5)  # units of features squared
+    assert class_separation(3 * feats, labels) == pytest.approx(class_separation(feats, labels))  # scale-free
+    with pytest.raises(ValueError, match="2 classes"):
+        inter_centroid_distance(feats, torch.zeros(4, dtype=torch.long))

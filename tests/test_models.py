@@ -3,11 +3,14 @@ import torch
 
 from tlutils.models import (
     STAGES,
+    GaninCNN,
     build_model,
     count_parameters,
+    ganin_cnn,
     imagenet_weights_path,
     load_checkpoint,
     make_head,
+    mlp,
     resnet_small,
     save_checkpoint,
     torchvision_resnet,
@@ -95,13 +98,34 @@ def test_count_parameters():
     assert count_parameters(model, trainable_only=True) == 8 * 3 + 3
 
 
-def test_ganin_cnn_checkpoint_rebuilds_through_load_checkpoint(tmp_path):
-    from tlutils.dann import ganin_cnn
-
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_ganin_cnn_checkpoint_rebuilds_through_load_checkpoint(tmp_path, batch_norm):
     torch.manual_seed(0)
-    model = ganin_cnn(10).eval()
+    model = ganin_cnn(10, batch_norm=batch_norm).eval()
     path = save_checkpoint(model, tmp_path / "ganin.pt")
     loaded, meta = load_checkpoint(path)
     assert meta["arch"] == "ganin_cnn" and type(loaded.backbone).__name__ == "GaninCNN"
     x = torch.rand(4, 3, 32, 32)
     torch.testing.assert_close(loaded(x), model(x))
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_ganin_cnn_shapes_and_stages(batch_norm):
+    model = ganin_cnn(10, batch_norm=batch_norm)
+    x = torch.rand(2, 3, 32, 32)
+    assert isinstance(model.backbone, GaninCNN)
+    assert model.backbone.out_features == 48 * 4 * 4
+    assert model.features(x).shape == (2, 768)
+    assert model(x).shape == (2, 10)
+    maps = model.backbone.forward_stages(x)
+    assert list(maps) == ["stem", "stage1"] and maps["stage1"].shape == (2, 48, 4, 4)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == (2 if batch_norm else 0)
+    with pytest.raises(ValueError, match="crop"):
+        GaninCNN(crop=40)
+
+
+def test_mlp_widths():
+    head = mlp(768, 10, (100, 100))
+    assert [m.out_features for m in head if isinstance(m, torch.nn.Linear)] == [100, 100, 10]
+    assert mlp(5, 1)(torch.rand(3, 5)).shape == (3, 1)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tlutils.dann import DANNStep, Recipe, fit_recipe, grl_lambda
+from tlutils.adapt import Recipe, TargetBatches, domain_features, dynamic_weight, fit_recipe, ramp
 from tlutils.train import History
 
 ESTIMATORS = ("unbiased", "biased", "linear")
@@ -371,6 +371,21 @@ def class_centroid_distance(
     return float(across / spread)
 
 
+def inter_centroid_distance(features: Tensor, labels: Tensor) -> float:
+    """Class inter-centroid distance as commonly defined: ``CID = 1/C sum_c ||mu_c - mu||^2``.
+
+    ``mu_c`` is the centroid of class ``c`` and ``mu`` the mean of the class centroids. It has the units of the
+    features squared: scaling the features by ``s`` scales it by ``s^2``, so it says as much about feature norms
+    as about separation; :func:`class_separation` divides by the within-class spread and is scale-free.
+    """
+    features = _as_features("features", features).detach()
+    classes = sorted(set(labels.tolist()))
+    if len(classes) < 2:
+        raise ValueError(f"need >= 2 classes, found {classes}")
+    mu = torch.stack([features[labels == c].mean(0) for c in classes])
+    return float(((mu - mu.mean(0)) ** 2).sum(1).mean())
+
+
 def class_separation(features: Tensor, labels: Tensor) -> float:
     """Class inter-centroid distance relative to the spread: mean distance between different class
     centroids divided by the mean distance of a point to its own class centroid (scale-free; higher =
@@ -405,10 +420,11 @@ def head_activations(head: nn.Module, feats: Tensor) -> tuple[Tensor, list[Tenso
 class DANStep:
     """``step_fn`` for ``tlutils.train.fit``: DAN (Long et al. 2015) on a ``Classifier``.
 
-    loss = CE(logits_s, y_s) + lambda_p * sum_l MMD^2_k(h_l(x_s), h_l(x_t)) over the ``layers`` chosen
-    (see ``DAN_LAYERS``), from one forward pass over ``[x_s; x_t]`` (as ``DANNStep`` does), with
-    ``lambda_p = weight * ramp(p)``; the ramp ``2 / (1 + exp(-gamma p)) - 1`` (DANN's) keeps the penalty
-    off while the features are still random. Target batches are drawn here, seeded, as large as the
+    loss = CE(logits_s, y_s) + lambda * sum_l MMD^2_k(h_l(x_s), h_l(x_t)) over the ``layers`` chosen (see
+    ``DAN_LAYERS``). Source and target are forwarded separately when ``per_domain`` (each normalised by its
+    own BatchNorm statistics, as in ``DANNStep``). ``weighting="progress"``: ``lambda = weight * ramp(p,
+    gamma, delay)`` (DANN's ramp keeps the penalty off while the features are still random); ``"dynamic"``:
+    ``lambda = weight * dynamic_weight(f_s, f_t)``. Target batches are drawn here, seeded, as large as the
     source batch; target labels are never used. Logs ``label_loss``, ``mmd`` (the summed multi-kernel
     estimate), source ``acc`` and ``lambda``.
     """
@@ -420,6 +436,9 @@ class DANStep:
         weight: float = 1.0,
         layers: str = "all",
         gamma: float = 10.0,
+        delay: float = 0.0,
+        per_domain: bool = True,
+        weighting: str = "progress",
         loss: MMDLoss | None = None,
         seed: int = 0,
     ) -> None:
@@ -427,8 +446,11 @@ class DANStep:
             raise ValueError(f"weight must be >= 0 (0 gives the source-only objective), got {weight}")
         if layers not in DAN_LAYERS:
             raise ValueError(f"unknown layers {layers!r}; choose one of {', '.join(DAN_LAYERS)}")
-        self._target = DANNStep(target, seed=seed)  # reuses its seeded, endless target batches
-        self.weight, self.gamma, self.layers = float(weight), float(gamma), layers
+        if weighting not in ("progress", "dynamic"):
+            raise ValueError(f"unknown weighting {weighting!r}; choose 'progress' or 'dynamic'")
+        self.target = TargetBatches(target, seed)
+        self.weight, self.gamma, self.delay, self.layers = float(weight), float(gamma), float(delay), layers
+        self.per_domain, self.weighting = per_domain, weighting
         self.loss = loss if loss is not None else MMDLoss()
 
     def __call__(self, model: nn.Module, batch: tuple[Tensor, Tensor], state) -> dict:
@@ -437,16 +459,20 @@ class DANStep:
                 f"DANStep trains a tlutils.models.Classifier (features + head), got {type(model).__name__}"
             )
         xs, ys = batch
-        n = len(xs)
-        xt = self._target.target_batch(n, xs)
-        feats = model.features(torch.cat([xs, xt]))
-        logits, acts = head_activations(model.head, feats)
-        adapted = {"features": [feats], "head": acts, "all": [feats, *acts]}[self.layers]
-        mmd = sum(self.loss(h[:n], h[n:]) for h in adapted)
-        label_loss = F.cross_entropy(logits[:n], ys)
-        lam = self.weight * grl_lambda(state.progress, self.gamma)
+        xt = self.target.next_like(xs)
+        fs, ft = domain_features(model, xs, xt, self.per_domain)
+        logits, acts_s = head_activations(model.head, fs)
+        _, acts_t = head_activations(model.head, ft)
+        pairs = {"features": [(fs, ft)], "head": list(zip(acts_s, acts_t, strict=True)),
+                 "all": [(fs, ft), *zip(acts_s, acts_t, strict=True)]}[self.layers]
+        mmd = sum(self.loss(a, b) for a, b in pairs)
+        label_loss = F.cross_entropy(logits, ys)
+        if self.weighting == "progress":
+            lam = self.weight * ramp(state.progress, self.gamma, self.delay)
+        else:
+            lam = self.weight * dynamic_weight(fs, ft)
         with torch.no_grad():
-            acc = (logits[:n].argmax(1) == ys).float().mean()
+            acc = (logits.argmax(1) == ys).float().mean()
         return {
             "loss": label_loss + lam * mmd,
             "label_loss": label_loss.detach(),
@@ -464,6 +490,7 @@ def train_dan(
     *,
     weight: float = 1.0,
     layers: str = "all",
+    weighting: str = "progress",
     loss: MMDLoss | None = None,
     seed: int = 0,
     device=None,
@@ -471,12 +498,13 @@ def train_dan(
     progress: bool | None = None,
     val=None,
 ) -> History:
-    """Train a ``Classifier`` with DAN's MMD penalty under notebook 04's recipe (optimiser, lr annealing,
-    batch, length, lambda ramp), so that DAN, DANN and source-only differ only in the adaptation term."""
-    step = DANStep(target, weight=weight, layers=layers, gamma=recipe.gamma, loss=loss, seed=seed + 1)
-    # channels_last as fit decides (CUDA only), as when notebook 05's numbers were recorded
+    """Train a ``Classifier`` with DAN's MMD penalty under chapters 04-05's recipe (optimiser, lr annealing,
+    batch, length, ramp, per-domain forwards), so that DAN, DANN and source-only differ only in the
+    adaptation term."""
+    step = DANStep(target, weight=weight, layers=layers, gamma=recipe.gamma, delay=recipe.delay,
+                   per_domain=recipe.per_domain, weighting=weighting, loss=loss, seed=seed + 1)
     return fit_recipe(model, source, recipe, step_fn=step, seed=seed, device=device, amp=amp, progress=progress,
-                      val=val, desc="DAN", channels_last=None)
+                      val=val, desc="DAN")
 
 
 __all__ = [
@@ -490,6 +518,7 @@ __all__ = [
     "class_separation",
     "dan_scales",
     "gaussian_mmd2",
+    "inter_centroid_distance",
     "median_bandwidth",
     "mmd2",
     "mmd2_from_gram",

@@ -176,6 +176,70 @@ class Classifier(nn.Module):
         return self.head(self.backbone(x))
 
 
+class GaninCNN(Backbone):
+    """DANN's MNIST feature extractor (Ganin et al. 2016): conv5x5(32)-ReLU-pool, conv5x5(48)-ReLU-pool, flattened.
+
+    Like the paper it looks at the central ``crop`` x ``crop`` pixels (28: the 32 x 32 domains are 28 x 28
+    digits padded by 2) and keeps the spatial layout: 48 x 4 x 4 = 768 features. Stages are named ``stem``
+    and ``stage1``; inputs in [0, 1] are mapped to [-1, 1]. ``batch_norm=True`` (chapters 04-05's recipe) puts
+    a BatchNorm after each convolution, as widely used PyTorch DANN implementations do: fed one domain at a
+    time, it normalises each domain by its own batch statistics, which removes most of the low-level shift
+    (colour, contrast) before the adaptation loss sees the features.
+    """
+
+    def __init__(self, widths: tuple[int, int] = (32, 48), crop: int = 28, batch_norm: bool = False):
+        if not 16 <= crop <= 32:
+            raise ValueError(
+                f"crop must lie in [16, 32] (two 5x5 conv + pool blocks on 32 x 32 inputs), got {crop}"
+            )
+        c1, c2 = widths
+
+        def block(c_in: int, c_out: int) -> nn.Sequential:
+            norm = [nn.BatchNorm2d(c_out)] if batch_norm else []
+            return nn.Sequential(nn.Conv2d(c_in, c_out, 5), *norm, nn.ReLU(), nn.MaxPool2d(2))
+
+        stages = OrderedDict(stem=block(3, c1), stage1=block(c1, c2))
+        super().__init__(stages, {"stem": c1, "stage1": c2}, "ganin_cnn", widths=list(widths), crop=crop,
+                         batch_norm=batch_norm)
+        side = ((crop - 4) // 2 - 4) // 2
+        self.crop = crop
+        self.out_features = c2 * side * side
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        top = (x.shape[-2] - self.crop) // 2
+        left = (x.shape[-1] - self.crop) // 2
+        if top < 0 or left < 0:
+            raise ValueError(f"inputs of size {tuple(x.shape[-2:])} are smaller than the crop {self.crop}")
+        return x[..., top : top + self.crop, left : left + self.crop] * 2.0 - 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._prepare(x)
+        for stage in self.stages.values():
+            x = stage(x)
+        return torch.flatten(x, 1)
+
+    def forward_stages(self, x: torch.Tensor, upto: str | None = None) -> dict[str, torch.Tensor]:
+        return super().forward_stages(self._prepare(x), upto)
+
+
+def mlp(in_features: int, out_features: int, hidden: tuple[int, ...] = ()) -> nn.Sequential:
+    """Linear-ReLU per hidden width, then a Linear to ``out_features`` (DANN's label and domain heads)."""
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(in_features, width), nn.ReLU()]
+        in_features = width
+    layers.append(nn.Linear(in_features, out_features))
+    return nn.Sequential(*layers)
+
+
+def ganin_cnn(
+    num_classes: int = 10, widths: tuple[int, int] = (32, 48), crop: int = 28, batch_norm: bool = False
+) -> Classifier:
+    """DANN's MNIST network as a ``Classifier``: ``GaninCNN`` + the paper's label head fc100-ReLU-fc100-ReLU-fc."""
+    backbone = GaninCNN(widths, crop, batch_norm)
+    return Classifier(backbone, mlp(backbone.out_features, num_classes, (100, 100)))
+
+
 ARCHS = ("resnet_small", "resnet18", "resnet50", "ganin_cnn")
 
 
@@ -185,9 +249,7 @@ def build_backbone(arch: str, **kwargs) -> Backbone:
         return resnet_small(**kwargs)
     if arch in ("resnet18", "resnet50"):
         return torchvision_resnet(arch, **kwargs)
-    if arch == "ganin_cnn":  # chapter 04's small MNIST network (Ganin et al. 2016); lives with DANN
-        from tlutils.dann import GaninCNN
-
+    if arch == "ganin_cnn":  # chapters 04-05's small digit network (Ganin et al. 2016)
         return GaninCNN(**kwargs)
     raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
 
@@ -195,8 +257,6 @@ def build_backbone(arch: str, **kwargs) -> Backbone:
 def build_model(arch: str, num_classes: int, head_hidden: int | None = None, **backbone_kwargs) -> Classifier:
     """A ``Classifier`` with a fresh head on a backbone built by name (``ganin_cnn`` gets its paper's head)."""
     if arch == "ganin_cnn":
-        from tlutils.dann import ganin_cnn
-
         return ganin_cnn(num_classes, **backbone_kwargs)
     backbone = build_backbone(arch, **backbone_kwargs)
     return Classifier(backbone, make_head(backbone.out_features, num_classes, head_hidden))

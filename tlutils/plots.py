@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Sequence
 
+import matplotlib
 import numpy as np
 import torch
 
@@ -134,8 +135,19 @@ def tsne_scatter(
             label=name,
             alpha=0.7,
         )
+    from matplotlib.lines import Line2D
+
     if len(group_names):
-        ax.legend(fontsize=8, markerscale=2)
+        shapes = [Line2D([], [], ls="", marker=markers[g % len(markers)], color="0.3", label=group_names[g])
+                  for g in np.unique(groups) if g < len(group_names)]
+        ax.add_artist(ax.legend(handles=shapes, fontsize=8, loc="upper left", title="marker (domain)"))
+
+    cmap = matplotlib.colormaps["tab10"]
+    span = max(labels.max(), 9) - labels.min()
+    colours = [Line2D([], [], ls="", marker="o", color=cmap((c - labels.min()) / span if span else 0.0),
+                          label=str(c)) for c in np.unique(labels)]
+    ax.legend(handles=colours, fontsize=7, loc="lower right", title="colour (class)", ncol=2, handletextpad=0.1,
+              columnspacing=0.5)
     ax.set_xlabel("t-SNE 1")
     ax.set_ylabel("t-SNE 2")
     ax.set_title(title)

@@ -1,0 +1,62 @@
+"""Unit tests of tlutils.adapt_runs: methods over seeds on tiny data, and the cache of trained networks."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tlutils.adapt import Recipe
+from tlutils.adapt_runs import METHODS, by_method, cache_paths, cached_models, run_seed, save_runs
+from tlutils.data.domain import Domain
+from tlutils.models import ganin_cnn
+
+
+def _domain(seed: int, shift: float = 0.0, n: int = 48) -> Domain:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 3
+    x = torch.rand(n, 3, 32, 32, generator=g) * 0.2 + y.view(-1, 1, 1, 1) * 0.2 + shift
+    return Domain(x=x.clamp(0, 1), y=y, classes=["a", "b", "c"], name=f"toy{seed}", split="train")
+
+
+def test_run_seed_trains_each_method_and_derives_adabn():
+    source, target, test = _domain(0), _domain(1, 0.5), _domain(2, 0.5)
+    recipe = Recipe(steps=6, batch_size=8, domain_hidden=(8,))
+    runs = run_seed(source, target, test, recipe, seed=0, methods=METHODS)
+    assert [r.method for r in runs] == list(METHODS)
+    by = {r.method: r for r in runs}
+    assert by["adabn"].model is by["source_only"].model  # same weights, only the statistics change
+    assert by["adabn"].target_model is not by["source_only"].target_model
+    assert by["dann"].running_acc is not None and by["source_only"].running_acc is None
+    assert all(0.0 <= r.target_acc <= 1.0 and 0.0 <= r.source_acc <= 1.0 for r in runs)
+    assert set(by_method(runs)) == set(METHODS)
+    with pytest.raises(ValueError, match="source_only"):
+        run_seed(source, target, test, recipe, seed=0, methods=("adabn",))
+    with pytest.raises(ValueError, match="unknown"):
+        run_seed(source, target, test, recipe, seed=0, methods=("dann_plus",))
+
+
+def test_cache_paths_key_on_recipe_and_seed(tmp_path):
+    cfg = SimpleNamespace(data_dir=tmp_path, pick=lambda quick, full: quick, device="cpu")
+    a = cache_paths(cfg, seed=0)
+    assert a["dann"].parent == tmp_path / "checkpoints" and a["dann"] != a["source_only"]
+    assert cache_paths(cfg, seed=1)["dann"] != a["dann"]
+    assert cache_paths(cfg, seed=0, recipe=Recipe(steps=7))["dann"] != a["dann"]
+
+
+def test_cached_models_load_what_was_saved_and_warn_on_a_bad_file(tmp_path, capsys, monkeypatch):
+    cfg = SimpleNamespace(data_dir=tmp_path, pick=lambda quick, full: quick, device="cpu")
+    nets = {m: ganin_cnn(10, batch_norm=True).eval() for m in ("source_only", "dann")}
+    runs = [SimpleNamespace(method=m, seed=0, model=n, target_acc=0.5) for m, n in nets.items()]
+    save_runs(cfg, runs)
+    loaded = cached_models(cfg, seed=0)
+    for method, net in nets.items():
+        for key, value in net.state_dict().items():
+            assert torch.equal(loaded[method].state_dict()[key], value), (method, key)
+    cache_paths(cfg, seed=0)["dann"].write_bytes(b"not a checkpoint")
+    retrained = []
+    monkeypatch.setattr("tlutils.adapt_runs.run_seed", lambda *a, **k: retrained.append(1) or runs)
+    monkeypatch.setattr("tlutils.adapt_runs.load_domain", lambda *a, **k: None)
+    cached_models(cfg, seed=0)
+    assert retrained and "not a readable checkpoint" in capsys.readouterr().out

@@ -1,0 +1,307 @@
+"""What the unsupervised domain-adaptation methods of chapters 04-05 share: one recipe, one training call.
+
+Source-only, DANN (``tlutils.dann``), DAN (``tlutils.mmd``) and the oracle are trained by :func:`fit_recipe`
+with the same network, optimiser, annealed learning rate, batch size and number of steps; only the
+adaptation term of the step differs. The pieces both adaptation steps need live here:
+
+- schedules of training progress ``p`` in [0, 1]: the adaptation ramp :func:`ramp` (DANN's lambda_p) and the
+  learning-rate annealing :func:`lr_factor` (applied by the :class:`AnnealLR` callback);
+- :class:`TargetBatches`: endless, seeded batches of unlabelled target images;
+- :func:`domain_features`: source and target features from *separate* forward passes, so that a network
+  with BatchNorm normalises each domain by its own batch statistics;
+- :func:`adabn` (Li et al. 2016): re-estimate BatchNorm statistics on target images, the simplest adaptation;
+- :func:`dynamic_weight`: a mean-distance adaptation weight found in popular tutorials (kept for comparison).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from tlutils.models import Classifier, build_model, ganin_cnn
+from tlutils.train import History, fit
+
+# ----------------------------------------------------------------------------- schedules of progress p
+
+
+def check_progress(p: float) -> float:
+    """``p`` as a float, or an error if it is not a training progress in [0, 1]."""
+    p = float(p)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"training progress p must lie in [0, 1], got {p}; pass step / total_steps")
+    return p
+
+
+def ramp(p: float, gamma: float = 10.0, delay: float = 0.0) -> float:
+    """DANN's adaptation factor ``2 / (1 + exp(-gamma q)) - 1`` with ``q = (p - delay) / (1 - delay)``, 0 before
+    ``delay``: 0 at the start, close to 1 from ``q`` ~ 0.5 on.
+
+    Starting at 0 keeps an untrained critic's noisy gradients out of the features; ``delay`` holds the
+    adaptation off for a fraction of training while the label predictor finds the classes.
+    """
+    p = check_progress(p)
+    if not 0.0 <= delay < 1.0:
+        raise ValueError(f"delay must lie in [0, 1), got {delay}")
+    q = max(0.0, (p - delay) / (1.0 - delay))
+    return 2.0 / (1.0 + math.exp(-gamma * q)) - 1.0
+
+
+def lr_factor(p: float, alpha: float = 10.0, beta: float = 0.75) -> float:
+    """DANN's learning-rate annealing ``1 / (1 + alpha p)^beta``: the rate is ``mu0 * lr_factor(p)``."""
+    p = check_progress(p)
+    return 1.0 / (1.0 + alpha * p) ** beta
+
+
+def annealed_lr(p: float, mu0: float = 0.01, alpha: float = 10.0, beta: float = 0.75) -> float:
+    """The annealed learning rate ``mu_p = mu0 / (1 + alpha p)^beta``."""
+    return mu0 * lr_factor(p, alpha, beta)
+
+
+class AnnealLR:
+    """``fit`` callback: before each batch set every group's lr to ``base_lr * lr_factor(progress)``."""
+
+    def __init__(self, alpha: float = 10.0, beta: float = 0.75):
+        self.alpha, self.beta = alpha, beta
+        self.base: list[float] = []
+
+    def on_fit_start(self, state) -> None:
+        self.base = [g["lr"] for g in state.optimizer.param_groups]
+
+    def on_batch_start(self, state) -> None:
+        factor = lr_factor(state.progress, self.alpha, self.beta)
+        for group, base in zip(state.optimizer.param_groups, self.base, strict=True):
+            group["lr"] = base * factor
+
+    def on_fit_end(self, state) -> None:
+        for group, base in zip(state.optimizer.param_groups, self.base, strict=True):
+            group["lr"] = base
+
+
+def dynamic_weight(source_features: torch.Tensor, target_features: torch.Tensor, scale: float = 0.1) -> float:
+    """``sigmoid(scale * ||mean(f_s) - mean(f_t)||_2)``, an adaptation weight popular in PyTorch tutorials.
+
+    A sigmoid of a non-negative number is never below 0.5, so this weight starts at 0.5 or more from the
+    first step (unlike DANN's ramp, which starts at 0) and only grows with the distance.
+    """
+    gap = (source_features.detach().float().mean(0) - target_features.detach().float().mean(0)).norm()
+    return float(torch.sigmoid(scale * gap))
+
+
+# ----------------------------------------------------------------------------- target batches and forwards
+
+
+def target_images(target) -> torch.Tensor:
+    """The input tensor of a Domain (or a tensor of target inputs); its labels are never used."""
+    x = target.x if hasattr(target, "x") else target
+    if not isinstance(x, torch.Tensor) or x.dim() < 2 or len(x) == 0:
+        raise TypeError(
+            "target must be a Domain or a non-empty tensor of target inputs (its labels are never used)"
+        )
+    return x
+
+
+def infinite_batches(n: int, batch_size: int, seed: int = 0) -> Iterator[torch.Tensor]:
+    """Endless index batches over ``range(n)``: a new seeded permutation per pass (a batch may span two)."""
+    gen = torch.Generator().manual_seed(seed)
+    buffer = torch.empty(0, dtype=torch.long)
+    while True:
+        while len(buffer) < batch_size:
+            buffer = torch.cat([buffer, torch.randperm(n, generator=gen)])
+        yield buffer[:batch_size]
+        buffer = buffer[batch_size:]
+
+
+class TargetBatches:
+    """Endless seeded batches of unlabelled target inputs, each as large as the source batch it joins."""
+
+    def __init__(self, target, seed: int = 0):
+        self.x = target_images(target)
+        self.seed = seed
+        self._batches: Iterator[torch.Tensor] | None = None
+        self._size = 0
+
+    def next_like(self, like: torch.Tensor) -> torch.Tensor:
+        """The next ``len(like)`` target inputs, on ``like``'s device and memory format."""
+        if self.x.device != like.device:
+            self.x = self.x.to(like.device)
+        n = len(like)
+        if self._batches is None or n != self._size:
+            self._batches, self._size = infinite_batches(len(self.x), n, self.seed), n
+        xt = self.x[next(self._batches).to(like.device)]
+        if like.dim() == 4 and like.is_contiguous(memory_format=torch.channels_last):
+            xt = xt.contiguous(memory_format=torch.channels_last)
+        return xt
+
+
+def domain_features(
+    model: nn.Module, xs: torch.Tensor, xt: torch.Tensor, per_domain: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features of a source and a target batch: two forward passes (``per_domain``) or one of ``[xs; xt]``.
+
+    With BatchNorm in the network, separate passes normalise each domain by its own batch statistics (the
+    shift in colour and contrast is taken out before the features are compared); a joint pass mixes the two
+    domains' statistics and leaves the shift for the adaptation loss to remove. Without BatchNorm both give
+    the same features.
+    """
+    if per_domain:
+        return model.features(xs), model.features(xt)
+    feats = model.features(torch.cat([xs, xt]))
+    return feats[: len(xs)], feats[len(xs) :]
+
+
+# ----------------------------------------------------------------------------- AdaBN
+
+
+@torch.no_grad()
+def adabn(model: nn.Module, target, batch_size: int = 1000, device=None) -> nn.Module:
+    """AdaBN (Li et al. 2016): a copy of ``model`` whose BatchNorm statistics are re-estimated on ``target``.
+
+    Every weight stays as trained; each BatchNorm layer's running mean and variance become the average of
+    its batch statistics over the target inputs (``momentum=None``: a plain average, not a moving one), so
+    at test time target images are normalised with target statistics. No target label is used. A model
+    without BatchNorm is returned unchanged (as a copy).
+    """
+    x = target_images(target)
+    adapted = copy.deepcopy(model)
+    norms = [m for m in adapted.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return adapted.eval()
+    device = device if device is not None else next(adapted.parameters()).device
+    adapted.to(device).eval()
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over all batches
+        m.train()
+    for xb in x.split(batch_size):
+        adapted(xb.to(device))
+    for m, momentum in zip(norms, saved, strict=True):
+        m.momentum = momentum
+    return adapted.eval()
+
+
+# ----------------------------------------------------------------------------- the recipe
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that defines one adaptation run besides data and seed (and keys the checkpoint cache).
+
+    ``batch_size`` is per domain: an adaptation step sees ``batch_size`` source and ``batch_size`` target images.
+    SGD with momentum by default; lr ``lr * lr_factor(p, alpha, beta)`` (the paper's ``mu0`` is 0.01; with
+    BatchNorm 0.02 trained faster in our calibration, for every method alike); adaptation weight
+    ``lambda_max * ramp(p, gamma, delay)``. ``batch_norm``: BatchNorm after each convolution of ``ganin_cnn``;
+    ``per_domain``: source and target batches are forwarded separately (see :func:`domain_features`).
+    """
+
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 0.02
+    momentum: float = 0.9
+    optimizer: str = "sgd"
+    gamma: float = 10.0
+    alpha: float = 10.0
+    beta: float = 0.75
+    lambda_max: float = 1.0
+    delay: float = 0.0
+    domain_hidden: tuple[int, ...] = (100,)
+    arch: str = "ganin_cnn"
+    batch_norm: bool = True
+    per_domain: bool = True
+
+    def epochs_for(self, n: int) -> int:
+        """Epochs of ``fit`` over ``n`` examples that make about ``steps`` optimiser steps."""
+        per_epoch = n // self.batch_size if n > self.batch_size else 1
+        return max(1, round(self.steps / per_epoch))
+
+
+def recipe_for(cfg, **overrides) -> Recipe:
+    """Chapters 04-05's recipe for ``cfg``'s profile (quick: 1,000 steps of 32 + 32; full: 10,000 of 64 + 64)."""
+    base = Recipe(steps=cfg.pick(quick=1000, full=10000), batch_size=cfg.pick(quick=32, full=64))
+    return replace(base, **overrides)
+
+
+def build_network(recipe: Recipe, num_classes: int) -> Classifier:
+    """The classifier a recipe names (``ganin_cnn``, or an arch from ``tlutils.models`` with a 100-unit head)."""
+    if recipe.arch == "ganin_cnn":
+        return ganin_cnn(num_classes, batch_norm=recipe.batch_norm)
+    return build_model(recipe.arch, num_classes, head_hidden=100)
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    """The recipe's optimiser over all of ``model``'s parameters (SGD with momentum, as in the paper)."""
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=recipe.lr, betas=(recipe.momentum, 0.999))
+    raise ValueError(f"unknown optimizer {recipe.optimizer!r} in the recipe; use 'sgd' or 'adam'")
+
+
+def _size(data) -> int:
+    if hasattr(data, "x"):
+        return len(data.x)
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return len(data[0])
+    raise TypeError(f"expected a Domain or an (x, y) tuple of tensors, got {type(data).__name__}")
+
+
+def fit_recipe(
+    model: nn.Module,
+    train,
+    recipe: Recipe = Recipe(),
+    *,
+    step_fn=None,
+    seed: int = 0,
+    device=None,
+    amp: bool | None = None,
+    progress: bool | None = None,
+    val=None,
+    desc: str | None = None,
+    channels_last: bool | None = True,
+) -> History:
+    """One run under a recipe: its optimiser, annealed learning rate, batch size and length.
+
+    ``step_fn`` adds the adaptation term (``tlutils.dann.DANNStep``, ``tlutils.mmd.DANStep``); without it this
+    is plain supervised training (source-only on the source, the oracle on labelled target images).
+    """
+    return fit(
+        model,
+        train,
+        epochs=recipe.epochs_for(_size(train)),
+        optimizer=make_optimizer(model, recipe),
+        batch_size=recipe.batch_size,
+        callbacks=[AnnealLR(recipe.alpha, recipe.beta)],
+        step_fn=step_fn,
+        device=device,
+        amp=amp,
+        progress=progress,
+        seed=seed,
+        val=val,
+        desc=desc,
+        channels_last=channels_last,
+    )
+
+
+__all__ = [
+    "AnnealLR",
+    "Recipe",
+    "TargetBatches",
+    "adabn",
+    "annealed_lr",
+    "build_network",
+    "check_progress",
+    "domain_features",
+    "dynamic_weight",
+    "fit_recipe",
+    "infinite_batches",
+    "lr_factor",
+    "make_optimizer",
+    "ramp",
+    "recipe_for",
+    "target_images",
+]

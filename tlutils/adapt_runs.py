@@ -1,0 +1,258 @@
+"""Chapters 04-05's experiments: every adaptation method on a domain pair, over seeds, and their cache.
+
+The methods (``METHODS``) share ``tlutils.adapt``'s recipe and differ only in the adaptation term:
+
+- ``source_only``: trained on labelled source images only (the baseline every gain is measured from);
+- ``adabn``: the source-only network with its BatchNorm statistics re-estimated on target images;
+- ``dann``: domain-adversarial training (``tlutils.dann``);
+- ``dan``: the MMD penalty of Long et al. 2015 (``tlutils.mmd``);
+- ``oracle``: trained on *labelled* target images (the ceiling; uses the labels the others never see).
+
+DANN and DAN forward each domain separately during training, so each is normalised by its own BatchNorm
+statistics; they are tested the same way (``PER_DOMAIN``): target images with target statistics, source
+images with source statistics (both estimated with ``adabn`` on unlabelled training images). Their accuracy
+with the running statistics left by training (a mix of both domains) is kept as ``running_acc``.
+
+Trained networks of one pair can be cached in ``cfg.data_dir / "checkpoints"`` (chapter 04 writes them,
+chapter 05 reads them) under a key of everything that determines them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tlutils.adapt import Recipe, adabn, build_network, fit_recipe, recipe_for
+from tlutils.dann import DANN, train_dann
+from tlutils.data import list_domains, load_domain
+from tlutils.mmd import train_dan
+from tlutils.models import Classifier, load_weights, save_checkpoint
+from tlutils.train import History, evaluate
+
+METHODS = ("source_only", "adabn", "dann", "dan", "oracle")
+DERIVED = {"adabn": "source_only"}
+"""Methods that re-use another method's trained network (only its BatchNorm statistics change)."""
+PER_DOMAIN = ("adabn", "dann", "dan")
+"""Methods tested with each domain's own BatchNorm statistics."""
+
+
+@dataclass
+class RunResult:
+    """One trained (or derived) model of an experiment: method, seed, accuracies, networks, history, time.
+
+    ``model`` is the network as trained; ``target_model`` / ``source_model`` are what is applied to target /
+    source images (copies with that domain's BatchNorm statistics for ``PER_DOMAIN`` methods, else ``model``).
+    """
+
+    method: str
+    seed: int
+    target_acc: float
+    source_acc: float
+    model: Classifier
+    history: History | None
+    seconds: float
+    target_model: nn.Module
+    source_model: nn.Module
+    running_acc: float | None = None
+
+
+def train_method(
+    method: str, source, target_train, recipe: Recipe, *, seed: int = 0, device=None, progress: bool | None = None
+) -> tuple[Classifier, History]:
+    """Train one method's network from scratch (``torch.manual_seed(seed)`` before building it)."""
+    torch.manual_seed(seed)
+    net = build_network(recipe, source.num_classes)
+    kw = dict(seed=seed, device=device, progress=progress)
+    if method == "dann":
+        history = train_dann(DANN(net, hidden=recipe.domain_hidden), source, target_train, recipe, **kw)
+    elif method == "dan":
+        history = train_dan(net, source, target_train, recipe, **kw)
+    elif method in ("source_only", "oracle"):
+        train = source if method == "source_only" else target_train
+        history = fit_recipe(net, train, recipe, desc=method, **kw)
+    else:
+        raise ValueError(f"{method!r} is not a trained method; choose one of source_only, dann, dan, oracle")
+    return net.eval(), history
+
+
+def run_seed(
+    source,
+    target_train,
+    target_test,
+    recipe: Recipe,
+    seed: int,
+    *,
+    methods=("source_only", "adabn", "dann", "oracle"),
+    device=None,
+    progress: bool | None = None,
+) -> list[RunResult]:
+    """Every method of ``methods`` for one seed, scored on ``target_test`` (and on the source it was trained on).
+
+    ``adabn`` re-uses the ``source_only`` network (list both); it costs one pass over the unlabelled target
+    training images. ``source_acc`` is measured on ``source`` (the images the source model was trained on).
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    missing = [m for m in methods if m in DERIVED and DERIVED[m] not in methods]
+    if missing:
+        raise ValueError(f"{missing} re-use the network of {[DERIVED[m] for m in missing]}: list that method too")
+    out: dict[str, RunResult] = {}
+    for method in sorted(methods, key=lambda m: m in DERIVED):  # trained methods first
+        start = time.perf_counter()
+        if method in DERIVED:
+            net, history = out[DERIVED[method]].model, None
+        else:
+            net, history = train_method(method, source, target_train, recipe, seed=seed, device=device,
+                                        progress=progress)
+        on_target, on_source, running = net, net, None
+        if method in PER_DOMAIN:
+            on_target, on_source = adabn(net, target_train, device=device), adabn(net, source, device=device)
+            running = evaluate(net, target_test, device=device)["acc"] if method != "adabn" else None
+        seconds = time.perf_counter() - start
+        out[method] = RunResult(method, seed, evaluate(on_target, target_test, device=device)["acc"],
+                                evaluate(on_source, source, device=device)["acc"], net, history, seconds,
+                                on_target, on_source, running)
+    return [out[m] for m in methods]
+
+
+def compare_methods(
+    source, target_train, target_test, recipe: Recipe, seeds, *, methods=("source_only", "adabn", "dann", "oracle"),
+    device=None,
+    progress: bool | None = None,
+) -> list[RunResult]:
+    """:func:`run_seed` for every seed: the runs behind a results table."""
+    return [r for s in seeds for r in run_seed(source, target_train, target_test, recipe, s, methods=methods,
+                                               device=device, progress=progress)]
+
+
+def by_method(runs: list[RunResult], field: str = "target_acc") -> dict[str, list[float]]:
+    """``{method: [value per seed]}`` of one field of the runs, in the runs' order."""
+    out: dict[str, list[float]] = {}
+    for r in runs:
+        out.setdefault(r.method, []).append(float(getattr(r, field)))
+    return out
+
+
+OFFLINE_PAIRS = {
+    "mnist5k → mnistm-lite": ("mnist5k", "mnistm-lite"),
+    "syndigits → mnist5k": ("syndigits", "mnist5k"),
+}
+ONLINE_PAIRS = {"mnist → mnistm": ("mnist", "mnistm"), "svhn → mnist": ("svhn", "mnist")}
+"""The paper's real pairs, run by the full profile when their files are present (MNIST-M needs BSDS500)."""
+
+
+def available_pairs(cfg, download: bool = False) -> dict[str, tuple[str, str]]:
+    """Chapter 04's (source, target) pairs: the offline ones, plus in the full profile the paper's real pairs
+    whose files are present (or can be downloaded with ``download=True``); a skipped pair is reported."""
+    pairs = dict(OFFLINE_PAIRS)
+    if cfg.profile != "full":
+        return pairs
+    for name, domains in ONLINE_PAIRS.items():
+        missing = [d for d in domains if d not in list_domains()]
+        if missing:
+            print(f"skipping {name}: no domain {', '.join(missing)} in tlutils.data")
+            continue
+        try:
+            for d in domains:
+                load_domain(d, "test", **({"download": True} if download else {}))
+        except (FileNotFoundError, RuntimeError, OSError) as exc:
+            print(f"skipping {name}: {exc}")
+            continue
+        pairs[name] = domains
+    return pairs
+
+
+# ----------------------------------------------------------------------------- cache of trained networks
+
+PAIR = ("mnist5k", "mnistm-lite")
+CACHE_VERSION = 2
+CACHED = ("source_only", "dann")
+
+
+def run_key(recipe: Recipe, source: str, target: str, seed: int) -> str:
+    """A short hash of everything that determines a trained network (recipe, domains, seed, version)."""
+    blob = json.dumps({"recipe": asdict(recipe), "source": source, "target": target, "seed": seed,
+                       "version": CACHE_VERSION}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def cache_paths(cfg, seed: int = 0, recipe: Recipe | None = None) -> dict[str, Path]:
+    """Checkpoint paths of the cached methods (source-only, DANN) of ``PAIR`` for one seed."""
+    recipe = recipe or recipe_for(cfg)
+    key = run_key(recipe, *PAIR, seed)
+    folder = Path(cfg.data_dir) / "checkpoints"
+    return {m: folder / f"adapt_{PAIR[0]}_to_{PAIR[1]}_{m}_seed{seed}_{key}.pt" for m in CACHED}
+
+
+def save_runs(cfg, runs: list[RunResult], recipe: Recipe | None = None) -> list[Path]:
+    """Write the source-only and DANN networks of ``runs`` (of ``PAIR``) where :func:`cached_models` looks."""
+    recipe = recipe or recipe_for(cfg)
+    written = []
+    for r in runs:
+        if r.method in CACHED:
+            path = cache_paths(cfg, r.seed, recipe)[r.method]
+            written.append(save_checkpoint(r.model, path, method=r.method, source=PAIR[0], target=PAIR[1],
+                                           seed=r.seed, recipe=asdict(recipe), target_acc=r.target_acc))
+    return written
+
+
+def _load(path: Path, recipe: Recipe) -> Classifier | None:
+    """The network at ``path``, or None (with a warning, after deleting it) when the file is unreadable."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        model = build_network(recipe, 10)
+        load_weights(model, state)
+        return model.eval()
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file is rebuilt, not trusted
+        print(f"warning: {path} is not a readable checkpoint ({exc}); deleting it and retraining")
+        path.unlink(missing_ok=True)
+        return None
+
+
+def cached_models(cfg, seed: int = 0, *, progress: bool | None = None) -> dict[str, Classifier]:
+    """``{"source_only": net, "dann": net}`` for ``PAIR`` under ``cfg``'s recipe and ``seed``.
+
+    Loaded from ``cfg.data_dir / "checkpoints"`` when chapter 04 (or an earlier call) left them there;
+    otherwise trained now (under a minute each on a CPU in the quick profile) and cached.
+    """
+    recipe = recipe_for(cfg)
+    paths = cache_paths(cfg, seed, recipe)
+    if all(p.exists() for p in paths.values()):
+        models = {m: _load(p, recipe) for m, p in paths.items()}
+        if all(v is not None for v in models.values()):
+            return models
+    source = load_domain(PAIR[0], "train", device=cfg.device)
+    target_train = load_domain(PAIR[1], "train", device=cfg.device)
+    target_test = load_domain(PAIR[1], "test", device=cfg.device)
+    runs = run_seed(source, target_train, target_test, recipe, seed, methods=CACHED, device=cfg.device,
+                    progress=progress)
+    save_runs(cfg, runs, recipe)
+    return {r.method: r.model.cpu().eval() for r in runs}
+
+
+__all__ = [
+    "CACHED",
+    "DERIVED",
+    "METHODS",
+    "OFFLINE_PAIRS",
+    "ONLINE_PAIRS",
+    "PAIR",
+    "PER_DOMAIN",
+    "RunResult",
+    "available_pairs",
+    "by_method",
+    "cache_paths",
+    "cached_models",
+    "compare_methods",
+    "run_key",
+    "run_seed",
+    "save_runs",
+    "train_method",
+]
