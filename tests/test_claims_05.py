@@ -38,9 +38,17 @@ def test_dan_lowers_the_feature_mmd(r):
 
 
 def test_every_method_has_accuracy_mmd_cid_and_spread(r):
-    for method in ("source_only", "dann", "dan"):
+    for method in ("source_only", "adabn", "dann", "dan"):
         acc = r[f"target_acc.{method}"]
         assert math.isfinite(acc) and 0.2 < acc <= 1.0, f"target_acc.{method} = {acc} is not a trained accuracy"
         assert r[f"mmd.feature.{method}.std"] >= 0.0 and math.isfinite(r[f"mmd.feature.{method}"])
         assert r[f"cid.{method}"] > 0.0 and r[f"class_separation.{method}"] > 0.0
     assert r["mmd.feature.dann.std"] > 0.0, "DANN's feature MMD^2 must be reported over several seeds"
+
+
+def test_adaptation_lowers_the_feature_mmd_beyond_the_spread_of_seeds(r):
+    # The finding as it stands (notebook 05, section 5): with per-domain statistics DANN's feature MMD^2 falls far
+    # below source-only's; both are reported with their spread over seeds.
+    so, dann = r["mmd.feature.source_only"], r["mmd.feature.dann"]
+    spread = r["mmd.feature.source_only.std"] + r["mmd.feature.dann.std"]
+    assert so - dann > 2 * spread, f"source-only {so:.4f} vs DANN {dann:.4f} (spread {spread:.4f})"
