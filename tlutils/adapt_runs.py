@@ -30,7 +30,7 @@ from torch import nn
 
 from tlutils.adapt import Recipe, adabn, build_network, fit_recipe, recipe_for
 from tlutils.dann import DANN, train_dann
-from tlutils.data import list_domains, load_domain
+from tlutils.data import domain_spec, list_domains, load_domain
 from tlutils.mmd import train_dan
 from tlutils.models import Classifier, load_weights, save_checkpoint
 from tlutils.train import History, evaluate
@@ -148,6 +148,19 @@ ONLINE_PAIRS = {"mnist → mnistm": ("mnist", "mnistm"), "svhn → mnist": ("svh
 """The paper's real pairs, run by the full profile when their files are present (MNIST-M needs BSDS500)."""
 
 
+def _load(name: str, split: str, download: bool, **kwargs):
+    """``load_domain`` with ``download`` passed to the domains that have that option (the online ones)."""
+    if "download" in domain_spec(name).defaults:
+        kwargs["download"] = download
+    return load_domain(name, split, **kwargs)
+
+
+def load_pair(source: str, target: str, *, seed: int = 0, device=None, download: bool = False) -> tuple:
+    """(labelled source train, unlabelled target train, target test) of a domain pair."""
+    parts = ((source, "train"), (target, "train"), (target, "test"))
+    return tuple(_load(d, split, download, seed=seed, device=device) for d, split in parts)
+
+
 def available_pairs(cfg, download: bool = False) -> dict[str, tuple[str, str]]:
     """Chapter 04's (source, target) pairs: the offline ones, plus in the full profile the paper's real pairs
     whose files are present (or can be downloaded with ``download=True``); a skipped pair is reported."""
@@ -161,7 +174,7 @@ def available_pairs(cfg, download: bool = False) -> dict[str, tuple[str, str]]:
             continue
         try:
             for d in domains:
-                load_domain(d, "test", **({"download": True} if download else {}))
+                _load(d, "test", download)
         except (FileNotFoundError, RuntimeError, OSError) as exc:
             print(f"skipping {name}: {exc}")
             continue
@@ -203,7 +216,7 @@ def save_runs(cfg, runs: list[RunResult], recipe: Recipe | None = None) -> list[
     return written
 
 
-def _load(path: Path, recipe: Recipe) -> Classifier | None:
+def _load_checkpoint(path: Path, recipe: Recipe) -> Classifier | None:
     """The network at ``path``, or None (with a warning, after deleting it) when the file is unreadable."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
@@ -225,7 +238,7 @@ def cached_models(cfg, seed: int = 0, *, progress: bool | None = None) -> dict[s
     recipe = recipe_for(cfg)
     paths = cache_paths(cfg, seed, recipe)
     if all(p.exists() for p in paths.values()):
-        models = {m: _load(p, recipe) for m, p in paths.items()}
+        models = {m: _load_checkpoint(p, recipe) for m, p in paths.items()}
         if all(v is not None for v in models.values()):
             return models
     source = load_domain(PAIR[0], "train", device=cfg.device)
@@ -250,6 +263,7 @@ __all__ = [
     "by_method",
     "cache_paths",
     "cached_models",
+    "load_pair",
     "compare_methods",
     "run_key",
     "run_seed",
