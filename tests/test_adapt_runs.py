@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from tlutils.adapt import Recipe
-from tlutils.adapt_runs import METHODS, by_method, cache_paths, cached_models, run_seed, save_runs
+from tlutils.adapt_runs import METHODS, by_method, cache_paths, cached_runs, run_seed, save_runs
 from tlutils.data.domain import Domain
 from tlutils.models import ganin_cnn
+from tlutils.train import History
 
 
 def _domain(seed: int, shift: float = 0.0, n: int = 48) -> Domain:
@@ -45,18 +46,24 @@ def test_cache_paths_key_on_recipe_and_seed(tmp_path):
     assert cache_paths(cfg, seed=0, recipe=Recipe(steps=7))["dann"] != a["dann"]
 
 
-def test_cached_models_load_what_was_saved_and_warn_on_a_bad_file(tmp_path, capsys, monkeypatch):
+def test_cached_runs_load_what_was_saved_and_retrain_a_bad_file(tmp_path, capsys, monkeypatch):
     cfg = SimpleNamespace(data_dir=tmp_path, pick=lambda quick, full: quick, device="cpu")
     nets = {m: ganin_cnn(10, batch_norm=True).eval() for m in ("source_only", "dann")}
-    runs = [SimpleNamespace(method=m, seed=0, model=n, target_acc=0.5) for m, n in nets.items()]
+    history = History(epochs=[{"epoch": 1, "train_loss": 0.5}])
+    runs = [SimpleNamespace(method=m, seed=0, model=n, target_acc=0.5, history=history) for m, n in nets.items()]
     save_runs(cfg, runs)
-    loaded = cached_models(cfg, seed=0)
+    loaded = cached_runs(cfg, seed=0)
     for method, net in nets.items():
+        model, hist = loaded[method]
+        assert hist.epochs == history.epochs
         for key, value in net.state_dict().items():
-            assert torch.equal(loaded[method].state_dict()[key], value), (method, key)
+            assert torch.equal(model.state_dict()[key], value), (method, key)
     cache_paths(cfg, seed=0)["dann"].write_bytes(b"not a checkpoint")
-    retrained = []
-    monkeypatch.setattr("tlutils.adapt_runs.run_seed", lambda *a, **k: retrained.append(1) or runs)
-    monkeypatch.setattr("tlutils.adapt_runs.load_domain", lambda *a, **k: None)
-    cached_models(cfg, seed=0)
-    assert retrained and "not a readable checkpoint" in capsys.readouterr().out
+    asked = []
+    monkeypatch.setattr("tlutils.adapt_runs.run_seed", lambda *a, methods, **k: asked.append(methods) or runs[1:])
+    monkeypatch.setattr("tlutils.adapt_runs.load_pair", lambda *a, **k: (None, None, None))
+    again = cached_runs(cfg, seed=0)
+    assert asked == [["dann"]], "only the unreadable network is retrained"
+    assert "not a readable checkpoint" in capsys.readouterr().out and set(again) == {"source_only", "dann"}
+    with pytest.raises(ValueError, match="not cached"):
+        cached_runs(cfg, seed=0, methods=("oracle",))

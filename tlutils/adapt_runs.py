@@ -72,7 +72,7 @@ def train_method(
     if method == "dann":
         history = train_dann(DANN(net, hidden=recipe.domain_hidden), source, target_train, recipe, **kw)
     elif method == "dan":
-        history = train_dan(net, source, target_train, recipe, **kw)
+        history = train_dan(net, source, target_train, recipe, weight=recipe.lambda_max, **kw)
     elif method in ("source_only", "oracle"):
         train = source if method == "source_only" else target_train
         history = fit_recipe(net, train, recipe, desc=method, **kw)
@@ -186,7 +186,8 @@ def available_pairs(cfg, download: bool = False) -> dict[str, tuple[str, str]]:
 
 PAIR = ("mnist5k", "mnistm-lite")
 CACHE_VERSION = 2
-CACHED = ("source_only", "dann")
+CACHED = ("source_only", "dann", "dan")
+"""Trained methods of ``PAIR`` that chapter 05 re-uses (chapter 04 trains the first two, chapter 05 the third)."""
 
 
 def run_key(recipe: Recipe, source: str, target: str, seed: int) -> str:
@@ -197,7 +198,7 @@ def run_key(recipe: Recipe, source: str, target: str, seed: int) -> str:
 
 
 def cache_paths(cfg, seed: int = 0, recipe: Recipe | None = None) -> dict[str, Path]:
-    """Checkpoint paths of the cached methods (source-only, DANN) of ``PAIR`` for one seed."""
+    """Checkpoint paths of the cached methods (``CACHED``) of ``PAIR`` for one seed."""
     recipe = recipe or recipe_for(cfg)
     key = run_key(recipe, *PAIR, seed)
     folder = Path(cfg.data_dir) / "checkpoints"
@@ -205,49 +206,55 @@ def cache_paths(cfg, seed: int = 0, recipe: Recipe | None = None) -> dict[str, P
 
 
 def save_runs(cfg, runs: list[RunResult], recipe: Recipe | None = None) -> list[Path]:
-    """Write the source-only and DANN networks of ``runs`` (of ``PAIR``) where :func:`cached_models` looks."""
+    """Write the networks (and per-epoch logs) of the cached methods among ``runs`` (of ``PAIR``), atomically."""
     recipe = recipe or recipe_for(cfg)
     written = []
     for r in runs:
         if r.method in CACHED:
             path = cache_paths(cfg, r.seed, recipe)[r.method]
+            epochs = r.history.epochs if getattr(r, "history", None) is not None else []
             written.append(save_checkpoint(r.model, path, method=r.method, source=PAIR[0], target=PAIR[1],
-                                           seed=r.seed, recipe=asdict(recipe), target_acc=r.target_acc))
+                                           seed=r.seed, recipe=asdict(recipe), target_acc=r.target_acc,
+                                           history=epochs))
     return written
 
 
-def _load_checkpoint(path: Path, recipe: Recipe) -> Classifier | None:
-    """The network at ``path``, or None (with a warning, after deleting it) when the file is unreadable."""
+def _load_checkpoint(path: Path, recipe: Recipe) -> tuple[Classifier, History] | None:
+    """The network and per-epoch history at ``path``, or None (with a warning, after deleting the file) when it
+    is unreadable."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        blob = torch.load(path, map_location="cpu", weights_only=True)
         model = build_network(recipe, 10)
-        load_weights(model, state)
-        return model.eval()
+        load_weights(model, blob["state_dict"])
+        return model.eval(), History(epochs=list(blob["metadata"].get("history", [])))
     except Exception as exc:  # noqa: BLE001 - a truncated or foreign file is rebuilt, not trusted
         print(f"warning: {path} is not a readable checkpoint ({exc}); deleting it and retraining")
         path.unlink(missing_ok=True)
         return None
 
 
-def cached_models(cfg, seed: int = 0, *, progress: bool | None = None) -> dict[str, Classifier]:
-    """``{"source_only": net, "dann": net}`` for ``PAIR`` under ``cfg``'s recipe and ``seed``.
+def cached_runs(
+    cfg, seed: int = 0, methods=("source_only", "dann"), *, progress: bool | None = None
+) -> dict[str, tuple[Classifier, History]]:
+    """``{method: (network, per-epoch history)}`` for ``PAIR`` under ``cfg``'s recipe and ``seed``.
 
-    Loaded from ``cfg.data_dir / "checkpoints"`` when chapter 04 (or an earlier call) left them there;
-    otherwise trained now (under a minute each on a CPU in the quick profile) and cached.
+    Loaded from ``cfg.data_dir / "checkpoints"`` when chapter 04 or 05 (or an earlier call) left them there;
+    the missing ones are trained now (under a minute each on a CPU in the quick profile) and cached.
     """
+    unknown = [m for m in methods if m not in CACHED]
+    if unknown:
+        raise ValueError(f"{unknown} are not cached; choose from {', '.join(CACHED)}")
     recipe = recipe_for(cfg)
     paths = cache_paths(cfg, seed, recipe)
-    if all(p.exists() for p in paths.values()):
-        models = {m: _load_checkpoint(p, recipe) for m, p in paths.items()}
-        if all(v is not None for v in models.values()):
-            return models
-    source = load_domain(PAIR[0], "train", device=cfg.device)
-    target_train = load_domain(PAIR[1], "train", device=cfg.device)
-    target_test = load_domain(PAIR[1], "test", device=cfg.device)
-    runs = run_seed(source, target_train, target_test, recipe, seed, methods=CACHED, device=cfg.device,
-                    progress=progress)
-    save_runs(cfg, runs, recipe)
-    return {r.method: r.model.cpu().eval() for r in runs}
+    out = {m: _load_checkpoint(paths[m], recipe) for m in methods if paths[m].exists()}
+    missing = [m for m in methods if out.get(m) is None]
+    if missing:
+        source, target_train, target_test = load_pair(*PAIR, device=cfg.device)
+        runs = run_seed(source, target_train, target_test, recipe, seed, methods=missing, device=cfg.device,
+                        progress=progress)
+        save_runs(cfg, runs, recipe)
+        out.update({r.method: (r.model.cpu().eval(), r.history) for r in runs})
+    return {m: out[m] for m in methods}
 
 
 __all__ = [
@@ -262,7 +269,7 @@ __all__ = [
     "available_pairs",
     "by_method",
     "cache_paths",
-    "cached_models",
+    "cached_runs",
     "load_pair",
     "compare_methods",
     "run_key",
