@@ -20,7 +20,7 @@ from tlutils.train import dist_info, evaluate, fit, init_distributed, is_main_pr
 
 
 def load_task(cfg, download: bool):
-    """(model, train, test) for the profile: the seeds' ImageNet ResNet-18 on CIFAR-10, or the offline pair."""
+    """(model, train, test) for the profile: a common recipe, ImageNet ResNet-18 on CIFAR-10, or the offline pair."""
     from tlutils.data import load_domain
 
     if cfg.profile == "full":

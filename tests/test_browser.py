@@ -184,7 +184,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -198,13 +198,14 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60
     pytest.fail(f"jupyter lab not ready after {timeout} s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture
-def jupyter_lab(tmp_path):
+@pytest.fixture(scope="module")
+def jupyter_lab(tmp_path_factory):
     """JupyterLab on 127.0.0.1 (random port, random token) serving a copy of the first chapters.
 
     A copy, so the committed notebooks are never written (autosave is off as well); user settings,
-    workspaces and runtime files live in the temporary folder.
+    workspaces and runtime files live in the temporary folder. One server for the module's tests.
     """
+    tmp_path = tmp_path_factory.mktemp("jupyterlab")
     root = tmp_path / "lab"
     shutil.copytree(
         REPO / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints")
@@ -214,12 +215,12 @@ def jupyter_lab(tmp_path):
         (root / ".settings" / name).write_text(json.dumps(values))
     port, token = _free_port(), secrets.token_hex(16)
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "TLUTILS_PROGRESS"},
         "JUPYTERLAB_SETTINGS_DIR": str(root / ".settings"),
         "JUPYTERLAB_WORKSPACES_DIR": str(root / ".workspaces"),
         "JUPYTER_RUNTIME_DIR": str(root / ".runtime"),
         "TLUTILS_PROFILE": "quick",
-        "TLUTILS_PROGRESS": "0",
+        "TLUTILS_PROGRESS": "1",  # a student's JupyterLab: progress bars on (the test suite turns them off elsewhere)
     }
     args = [
         f"--ServerApp.port={port}",
@@ -283,6 +284,56 @@ def test_jupyterlab_runs_the_first_cells_of_a_chapter(jupyter_lab, page):
         "a cell raised; see jupyterlab.png"
     )
     assert "device=" in page.locator(OUTPUT, has_text="tlutils: profile=quick").first.inner_text()
+
+
+TRAINING_CELL = """import time
+import torch
+from tlutils.train import fit
+
+class Slow:  # ~4 s of training whatever the CPU, so the bar is on screen long enough to be seen
+    def on_epoch_end(self, state):
+        time.sleep(0.4)
+
+torch.manual_seed(0)
+x, y = torch.randn(256, 4), torch.randint(0, 2, (256,))
+history = fit(torch.nn.Linear(4, 2), (x, y), epochs=10, batch_size=32, callbacks=[Slow()], desc="train")
+print("trained", len(history.epochs), "epochs")"""
+STDERR = "application/vnd.jupyter.stderr"
+
+
+@browser_needed
+def test_jupyterlab_training_cell_shows_a_widget_progress_bar_and_no_warning(jupyter_lab, page):
+    """A student's view: tlutils' progress bar is an ipywidgets bar, and no TqdmWarning lands in stderr."""
+    from playwright.sync_api import expect
+
+    base, token, root = jupyter_lab
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(TRAINING_CELL)]
+    nbformat.write(nb, root / "notebooks" / "train_widget.ipynb")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+        page.goto(f"{base}/lab/tree/notebooks/train_widget.ipynb?token={token}")
+        page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=60_000)
+        expect(page.locator(".jp-StatusBar-Widget", has_text="| Idle")).to_be_visible(timeout=60_000)
+        cell = page.locator(".jp-Notebook .jp-CodeCell").first
+        cell.locator(".jp-InputArea-editor").click()
+        page.keyboard.press("Shift+Enter")
+        bar, finished = cell.locator(".widget-hprogress"), cell.locator(OUTPUT, has_text="trained 10 epochs")
+        # the bar shows while training runs (leave=False removes it afterwards); a text bar never matches
+        bar.or_(finished).first.wait_for(timeout=60_000)
+        seen = bar.count() > 0
+        page.screenshot(path=str(SHOTS / "jupyterlab_progress.png"))
+        finished.first.wait_for(timeout=60_000)
+    except Exception:
+        page.screenshot(path=str(SHOTS / "jupyterlab_progress_failed.png"))
+        raise
+    outputs = cell.locator(OUTPUT)
+    texts = [outputs.nth(k).inner_text() for k in range(outputs.count())]
+    assert seen, f"no ipywidgets progress bar while training (is ipywidgets installed?); outputs: {texts}"
+    assert not cell.locator(f"{OUTPUT}[data-mime-type='{STDERR}']").count(), f"stderr in the cell's output: {texts}"
+    assert not any("Warning" in t or "IProgress" in t for t in texts), texts
+    assert not cell.locator(f"{OUTPUT}[data-mime-type='{ERROR}']").count(), texts
 
 
 def _check_index(page, index: Path, shot: str) -> None:

@@ -33,7 +33,7 @@ def test_sinusoid_maml_keeps_improving_with_more_steps(quick_results):
 @pytest.mark.parametrize("setting", ["5w1s", "5w5s"])
 def test_fewshot_records_accuracy_with_confidence_intervals(quick_results, setting):
     r = quick_results["06_maml"]
-    for method in ("maml", "fomaml", "finetune"):
+    for method in ("maml", "fomaml", "finetune", "protonet"):
         acc, half = r[f"fewshot.acc.{method}.{setting}"], r[f"fewshot.ci95.{method}.{setting}"]
         assert 0.2 < acc <= 1.0, f"{method} {setting} accuracy {acc:.3f} (chance is 0.2)"
         assert 0 < half < 0.1, f"{method} {setting} 95% CI half-width {half:.3f}: too few episodes?"
@@ -47,6 +47,30 @@ def test_fewshot_maml_one_shot(quick_results):
 
 def test_fewshot_more_shots_help(quick_results):
     r = quick_results["06_maml"]
-    for method in ("maml", "fomaml", "finetune"):
+    for method in ("maml", "fomaml", "finetune", "protonet"):
         one, five = r[f"fewshot.acc.{method}.5w1s"], r[f"fewshot.acc.{method}.5w5s"]
         assert five > one, f"{method}: 5-shot accuracy {five:.3f} should beat 1-shot {one:.3f}"
+
+
+def test_sinusoid_baseline_step_size_is_bracketed_by_its_grid(quick_results):
+    r = quick_results["06_maml"]
+    lo, step, hi = (r[f"sinusoid.pretrained.{k}"] for k in ("step_grid_min", "step_size", "step_grid_max"))
+    assert lo < step < hi, f"the pretrained baseline's step {step} sits at an edge of its grid [{lo}, {hi}]: widen it"
+
+
+def test_protonet_is_a_real_baseline(quick_results):
+    """Prototypical Networks, trained on MAML's episodes, beat chance by far at both shot counts."""
+    r = quick_results["06_maml"]
+    assert r["fewshot.acc.protonet.5w1s"] >= 0.6 and r["fewshot.acc.protonet.5w5s"] >= 0.75
+
+
+@pytest.mark.parametrize("setting", ["5w1s", "5w5s"])
+def test_maml_is_under_trained_not_broken(quick_results, setting):
+    """Accuracy rises with meta-training length; the last snapshot is the trained model on the same episodes."""
+    r = quick_results["06_maml"]
+    curve = {int(k.split(".")[3][1:]): v for k, v in r.items()
+             if k.startswith("fewshot.acc_vs_meta_steps.maml.") and k.endswith(setting)}
+    steps = sorted(curve)
+    assert len(steps) >= 3 and steps[0] == 0, f"snapshots at {steps}"
+    assert curve[steps[-1]] == pytest.approx(r[f"fewshot.acc.maml.{setting}"], abs=1e-9), "same model, same episodes"
+    assert curve[steps[-1]] > curve[0] + 0.03, f"{setting}: meta-training should add accuracy: {curve}"

@@ -232,3 +232,80 @@ def test_student_chapter_runs_to_its_exercises_and_each_fails_unsolved(quick_run
     assert report.outcomes and report.exit_code == 1, report.text()
     for outcome in report.outcomes:
         assert not outcome.passed and outcome.reason.startswith("NotImplementedError"), report.text()
+
+
+# ---------------------------------------------------------------------------------- nbgrader itself
+@pytest.mark.parametrize("path", CHAPTERS, ids=[p.stem for p in CHAPTERS])
+def test_chapters_are_committed_with_their_nbgrader_metadata(path):
+    """nbgrader reads cell metadata, not our markup: the committed chapter must already carry it."""
+    from tlutils.coursework import metadata_drift
+
+    drift = metadata_drift(nbformat.read(path, as_version=4))
+    assert not drift, (f"{path.name}: nbgrader metadata out of date on cells {drift}; "
+                       f"run python -m tlutils.coursework annotate notebooks/{path.name}")
+
+
+def test_check_fails_when_metadata_drifts(tmp_path, capsys):
+    path = tmp_path / "00_tiny.ipynb"
+    nbformat.write(annotate(tiny()), path)
+    assert main(["check", str(path)]) == 0
+    nb = nbformat.read(path, as_version=4)
+    del nb.cells[4].metadata["nbgrader"]
+    nbformat.write(nb, path)
+    assert main(["check", str(path)]) == 1
+    assert "annotate" in capsys.readouterr().out
+
+
+def _nbgrader(course: Path, *args: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    bin_dir = str(Path(sys.executable).parent)  # nbgrader calls alembic from the venv's bin
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "TLUTILS_PROFILE": "quick"}
+    proc = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=course, env=env, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, f"nbgrader {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+
+def _course(tmp_path: Path, chapters: list[Path]) -> Path:
+    course = tmp_path / "course"
+    (course / "source" / "ch").mkdir(parents=True)
+    for chapter in chapters:
+        (course / "source" / "ch" / chapter.name).write_bytes(chapter.read_bytes())  # as committed
+    (course / "nbgrader_config.py").write_text(
+        "c = get_config()\nc.CourseDirectory.course_id = 'tl'\nc.CourseDirectory.root = '.'\n"
+        "c.ExecutePreprocessor.timeout = 1800\nc.Execute.timeout = 1800\n"
+    )
+    return course
+
+
+def test_nbgrader_generate_assignment_takes_the_committed_chapters(tmp_path):
+    """nbgrader's own generate_assignment on every chapter as committed (one assignment, one run)."""
+    pytest.importorskip("nbgrader", reason="nbgrader not installed (optional: pip install nbgrader)")
+    course = _course(tmp_path, CHAPTERS)
+    _nbgrader(course, "generate_assignment", "ch", "--force")
+    for path in CHAPTERS:
+        released = nbformat.read(course / "release" / "ch" / path.name, as_version=4)
+        assert any("raise NotImplementedError()" in c.source for c in released.cells), path.name
+        assert not any("### BEGIN SOLUTION" in c.source for c in released.cells), f"{path.name}: solution released"
+
+
+@pytest.mark.notebooks
+def test_nbgrader_autograde_scores_unsolved_zero_and_solved_full(tmp_path):
+    """nbgrader's own autograder on chapter 00 as committed: the released version scores 0, the solutions full marks."""
+    pytest.importorskip("nbgrader", reason="nbgrader not installed (optional: pip install nbgrader)")
+    from nbgrader.api import Gradebook
+
+    chapter = REPO / "notebooks" / "00_pretrain_source.ipynb"
+    course = _course(tmp_path, [chapter])
+    _nbgrader(course, "generate_assignment", "ch", "--force")
+    for student, source in (("unsolved", course / "release" / "ch"), ("solved", course / "source" / "ch")):
+        (course / "submitted" / student / "ch").mkdir(parents=True)
+        (course / "submitted" / student / "ch" / chapter.name).write_bytes((source / chapter.name).read_bytes())
+    _nbgrader(course, "autograde", "ch", "--create", "--force")
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+        scores = {s: gb.find_submission_notebook(chapter.stem, "ch", s) for s in ("unsolved", "solved")}
+        marks = {s: (nb.score, nb.max_score) for s, nb in scores.items()}
+    checks = sum(len(ex.checks) for ex in find_exercises(nbformat.read(chapter, as_version=4)))
+    assert marks == {"unsolved": (0, checks), "solved": (checks, checks)}, marks

@@ -316,3 +316,11 @@ def test_online_domains_fail_fast_offline(tmp_data, name, alternative):
     message = str(err.value)
     assert alternative in message and "download=True" in message and str(tmp_data / "torchvision") in message
     assert isinstance(err.value, FileNotFoundError)
+
+
+def test_glyph_alphabet_counts_quoted_in_the_text():
+    """README, chapters 00 and 06 and the glyphs docstring quote these counts."""
+    from tlutils.data.glyphs import ALPHABETS, ROLES
+
+    assert len(ALPHABETS) == 27
+    assert (len(ROLES["background"]), len(ROLES["meta-val"]), len(ROLES["meta-test"])) == (17, 4, 6)

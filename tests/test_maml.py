@@ -242,3 +242,61 @@ def test_mean_ci():
 def test_measure_step_reports_time_and_memory():
     out = maml.measure_step(lambda: torch.ones(256, 1024).sum(), repeats=1)
     assert out["seconds"] > 0 and out["peak_mb"] >= 0.9
+
+
+def test_meta_train_snapshots_are_copies_at_the_requested_steps():
+    torch.manual_seed(0)
+    model = maml.sinusoid_mlp(hidden=(8, 8))
+    start = maml.parameters_of(model)
+    start = {k: v.clone() for k, v in start.items()}
+    sampler = maml.SinusoidTasks()
+    hist = maml.meta_train(model, lambda g: sampler.sample(4, 5, 5, g), maml.mse, meta_steps=6, meta_lr=1e-2,
+                           seed=0, progress=False, snapshot_at=(0, 3, 6))
+    snaps = hist["snapshots"]
+    assert sorted(snaps) == [0, 3, 6]
+    for k, v in start.items():
+        assert torch.equal(snaps[0][k], v), "step 0 is the initialisation"
+        assert torch.equal(snaps[6][k], dict(model.named_parameters())[k].detach()), "the last is the final model"
+    assert any(not torch.equal(snaps[3][k], snaps[6][k]) for k in start), "snapshots are copies, not views"
+
+
+def test_balanced_sampler_gives_each_alphabet_the_same_share():
+    x = torch.rand(40 * 4, 1, 8, 8)
+    y = torch.arange(40).repeat_interleave(4)
+    alphabet = ["big"] * 36 + ["small"] * 4  # 90 % of the classes in one alphabet
+    gen = torch.Generator().manual_seed(0)
+    plain = maml.EpisodeSampler(x, y, 1, 1, 1, info={"alphabet": alphabet}).sample(2000, gen)
+    fair = maml.EpisodeSampler(x, y, 1, 1, 1, info={"alphabet": alphabet}, balance="alphabet").sample(2000, gen)
+    share = lambda t: sum(alphabet[c] == "small" for c in t.info["classes"].flatten().tolist()) / 2000  # noqa: E731
+    assert share(plain) == pytest.approx(0.1, abs=0.03)
+    assert share(fair) == pytest.approx(0.5, abs=0.04)
+    with pytest.raises(ValueError, match="balance"):
+        maml.EpisodeSampler(x, y, 1, 1, 1, info={"alphabet": alphabet}, balance="class")
+
+
+def test_prototype_logits_are_negative_squared_distances_to_class_means():
+    emb_s = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0]])
+    y_s = torch.tensor([0, 0, 1])
+    emb_q = torch.tensor([[1.0, 1.0]])
+    logits = maml.prototype_logits(emb_s, y_s, emb_q, 2)  # prototypes (1, 0) and (0, 4)
+    torch.testing.assert_close(logits, torch.tensor([[-1.0, -10.0]]))
+
+
+def test_protonet_learns_on_separable_episodes():
+    gen = torch.Generator().manual_seed(0)
+    # the class signal sits in 4 of 36 pixels; the other 32 are loud noise the embedding must learn to ignore
+    centres = torch.zeros(12, 1, 6, 6)
+    centres[:, 0, 0, :4] = torch.randn(12, 4, generator=gen)
+    y = torch.arange(12).repeat_interleave(10)
+    x = centres[y] + 0.1 * torch.randn(120, 1, 6, 6, generator=gen)
+    x[:, 0, 1:] += 2 * torch.randn(120, 5, 6, generator=gen)
+    sampler = maml.EpisodeSampler(x, y, 3, 1, 3)
+    torch.manual_seed(0)
+    features = nn.Sequential(nn.Flatten(), nn.Linear(36, 16))
+    tasks = sampler.sample(30, torch.Generator().manual_seed(1))
+    before = maml.protonet_accuracy(features, tasks)
+    hist = maml.protonet_train(features, lambda g: sampler.sample(8, g), meta_steps=60, lr=1e-2, progress=False)
+    after = maml.protonet_accuracy(features, tasks)
+    assert before.shape == (30,) and len(hist["loss"]) == 60
+    assert after.mean() >= before.mean() + 0.2, (before.mean(), after.mean())
+    assert sum(hist["loss"][-10:]) < sum(hist["loss"][:10])

@@ -2,7 +2,7 @@
 
     python -m tlutils.coursework student [NOTEBOOK ...] [--out student]   # default: every chapter
     python -m tlutils.coursework grade student/01_feature_extraction.ipynb [--profile quick] [--timeout S]
-    python -m tlutils.coursework check [NOTEBOOK ...]      # validate the markup, warn about hidden names
+    python -m tlutils.coursework check [NOTEBOOK ...]      # validate the markup and the nbgrader metadata
     python -m tlutils.coursework annotate NOTEBOOK ...     # write nbgrader cell metadata in place
 
 Markup (nbgrader's own, so instructors can import the chapters into nbgrader unchanged):
@@ -22,7 +22,9 @@ Markup (nbgrader's own, so instructors can import the chapters into nbgrader unc
   is the exercise's title in the grader's report.
 
 No metadata has to be written by hand: the rule above derives nbgrader's cell metadata
-(``annotate``), and student versions carry it.
+(``annotate``). The chapters are committed annotated, so nbgrader's own ``generate_assignment`` and
+``autograde`` take them as they are; ``check`` (run by ``make lint``) fails when a chapter's metadata
+drifts from its markup, and student versions carry it.
 
 Why not nbgrader itself: nbgrader 0.9.6 installs cleanly offline next to JupyterLab 4.6, but it
 adds nine packages (notebook 7, SQLAlchemy, alembic, ipywidgets, ...), registers four server
@@ -206,6 +208,13 @@ def annotate(nb):
         elif GRADE_ID.match(str(cell.metadata.get("nbgrader", {}).get("grade_id", ""))):
             del cell.metadata["nbgrader"]
     return nb
+
+
+def metadata_drift(nb) -> list[int]:
+    """Indices of cells whose nbgrader metadata differs from what ``annotate`` derives from the markup."""
+    wanted = annotate(copy.deepcopy(nb))
+    return [i for i, (a, b) in enumerate(zip(nb.cells, wanted.cells, strict=True))
+            if a.metadata.get("nbgrader") != b.metadata.get("nbgrader")]
 
 
 def student_version(nb, name: str = "NOTEBOOK.ipynb"):
@@ -527,6 +536,13 @@ def _cmd_check(args) -> int:
                 f"  warning: exercise {number}'s checks read {', '.join(names)}, defined only in the hidden "
                 "solution; name them in the prompt or compute them in the check cell"
             )
+        drift = metadata_drift(nb)
+        if drift:
+            print(
+                f"  error: nbgrader metadata out of date on cells {', '.join(map(str, drift))} (nbgrader's "
+                f"generate_assignment needs it); fix: python -m tlutils.coursework annotate {os.path.relpath(path)}"
+            )
+            bad = 1
     return bad
 
 

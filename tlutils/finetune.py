@@ -112,7 +112,8 @@ def trainable_parts(model: nn.Module) -> list[str]:
 def replace_head(model: nn.Module, num_classes: int, hidden: int | None = None, dropout: float = 0.5) -> nn.Module:
     """Give ``model`` a new head for ``num_classes``: linear, or Linear-ReLU-Dropout-Linear with ``hidden`` units.
 
-    The two-layer head is the seeds' option for the ResNet-50 recipe; the old head is discarded.
+    The two-layer head (Linear-ReLU-Dropout-Linear) is the one many ResNet-50 fine-tuning tutorials use; the old
+    head is discarded.
     """
     from tlutils.models import make_head
 

@@ -127,11 +127,15 @@ class EpisodeSampler:
     ``k_shot`` support and ``k_query`` query images per class (disjoint). With ``rotations=True``
     every class also appears rotated by 90, 180 and 270 degrees as three further classes (the
     paper's Omniglot augmentation; use it for meta-training only).
+
+    ``balance="alphabet"`` weights each class by one over the number of classes of its alphabet
+    (``info["alphabet"]``, one entry per label), so every alphabet is equally likely to supply a
+    class however many characters it has; the default draws classes uniformly.
     """
 
     def __init__(
         self, x: Tensor, y: Tensor, n_way: int, k_shot: int, k_query: int, rotations: bool = False,
-        info: dict | None = None,
+        info: dict | None = None, balance: str | None = None,
     ):
         if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
             raise ValueError(
@@ -155,6 +159,16 @@ class EpisodeSampler:
         y_cpu = y.cpu()
         self.class_ids = keep.tolist()
         self.index = [torch.nonzero(y_cpu == c).flatten() for c in self.class_ids]
+        self.weights: Tensor | None = None
+        if balance == "alphabet":
+            if "alphabet" not in self.info:
+                raise ValueError("balance='alphabet' needs info['alphabet'] (the alphabet of each label)")
+            alphabets = [self.info["alphabet"][c] for c in self.class_ids]
+            counts = {a: alphabets.count(a) for a in set(alphabets)}
+            w = torch.tensor([1.0 / counts[a] for a in alphabets], dtype=torch.float64)
+            self.weights = w.repeat_interleave(4) if rotations else w
+        elif balance is not None:
+            raise ValueError(f"balance must be None or 'alphabet', got {balance!r}")
 
     @property
     def num_classes(self) -> int:
@@ -172,7 +186,10 @@ class EpisodeSampler:
         rot = torch.zeros(num_tasks, n, dtype=torch.long)
         cls = torch.zeros(num_tasks, n, dtype=torch.long)
         for t in range(num_tasks):
-            picked = torch.randperm(self.num_classes, generator=generator)[:n]
+            if self.weights is None:
+                picked = torch.randperm(self.num_classes, generator=generator)[:n]
+            else:
+                picked = torch.multinomial(self.weights, n, replacement=False, generator=generator)
             for j, v in enumerate(picked.tolist()):
                 c, rot[t, j] = divmod(v, 4) if self.rotations else (v, 0)
                 cls[t, j] = self.class_ids[c]
@@ -202,18 +219,20 @@ def glyph_episodes(
     split: str = "train",
     seed: int = 0,
     device: torch.device | str | None = None,
+    balance: str | None = None,
     **options,
 ) -> EpisodeSampler:
     """An ``EpisodeSampler`` over the glyph classes whose alphabet belongs to ``role``.
 
     ``role`` is ``"meta-train"``, ``"meta-val"`` or ``"meta-test"``: disjoint sets of alphabets
     (``tlutils.data.glyphs.glyph_alphabets``), so no episode mixes meta-train and meta-test scripts.
-    ``options`` go to ``load_domain("glyphs", split, ...)``, e.g. ``num_classes``, ``per_class``.
+    ``options`` go to ``load_domain("glyphs", split, ...)``, e.g. ``num_classes``, ``per_class``;
+    ``balance="alphabet"`` gives every alphabet the same chance per class drawn (see ``EpisodeSampler``).
     """
     x, y, info = glyph_role_data(
         role, image_size=image_size, split=split, seed=seed, device=device, **options
     )
-    return EpisodeSampler(x, y, n_way, k_shot, k_query, rotations=rotations, info=info)
+    return EpisodeSampler(x, y, n_way, k_shot, k_query, rotations=rotations, info=info, balance=balance)
 
 
 def glyph_role_data(
@@ -488,21 +507,28 @@ def meta_train(
     amp: bool | None = None,
     progress: bool | None = None,
     desc: str = "meta-train",
+    snapshot_at: Sequence[int] = (),
 ) -> dict[str, list[float]]:
     """Meta-train ``model`` in place: Adam over ``meta_steps`` meta-batches from ``sample_tasks(generator)``.
 
     ``anneal=True`` decays the meta learning rate to zero on a cosine (useful when the budget is
     far below the paper's 60-70k meta-steps). Returns the per-step logs (``loss``, and ``acc`` for
-    classification) as lists, plus ``seconds``.
+    classification) as lists, plus ``seconds``. ``snapshot_at`` lists meta-step counts (0 = the
+    initialisation) at which a copy of the parameters goes into ``history["snapshots"][count]``
+    (a dict, not a list), so one run gives accuracy against meta-training length.
     """
     check_batch_stats(model)
     gen = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=meta_lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, meta_steps)) if anneal else None
     history: dict[str, list[float]] = {}
+    snapshots: dict[int, Params] = {}
+    copy = lambda: {k: v.detach().clone() for k, v in model.named_parameters()}  # noqa: E731
+    if 0 in snapshot_at:
+        snapshots[0] = copy()
     start = time.perf_counter()
     bar = _progress(meta_steps, desc, progress)
-    for _ in range(meta_steps):
+    for step in range(1, meta_steps + 1):
         logs = meta_step(
             model, optimizer, sample_tasks(gen), loss_fn,
             steps=steps, inner_lr=inner_lr, first_order=first_order, vectorize=vectorize, amp=amp,
@@ -511,12 +537,16 @@ def meta_train(
             scheduler.step()
         for k, v in logs.items():
             history.setdefault(k, []).append(v)
+        if step in snapshot_at:
+            snapshots[step] = copy()
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{logs['loss']:.3f}", refresh=False)
     if bar is not None:
         bar.close()
     history["seconds"] = [time.perf_counter() - start]
+    if snapshot_at:
+        history["snapshots"] = snapshots  # type: ignore[assignment]
     return history
 
 
@@ -663,6 +693,80 @@ def finetune_head_curve(
     zeros = {k: torch.zeros_like(v) for k, v in parameters_of(head).items()}
     return adaptation_curve(head, zeros, feats, F.cross_entropy, steps=steps, inner_lr=lr, metric_fn=accuracy,
                             chunk_size=256)
+
+
+def prototype_logits(emb_support: Tensor, y_support: Tensor, emb_query: Tensor, n_way: int) -> Tensor:
+    """Prototypical Networks' classifier (Snell et al., NeurIPS 2017) for one episode.
+
+    Each class's prototype is the mean embedding of its support examples; a query's logit for a
+    class is minus its squared Euclidean distance to the prototype. Embeddings ``(n, D)``.
+    """
+    one_hot = F.one_hot(y_support, n_way).to(emb_support.dtype)  # (n_support, n_way)
+    protos = one_hot.T @ emb_support / one_hot.sum(0).unsqueeze(1)  # (n_way, D)
+    return -torch.cdist(emb_query, protos).pow(2)
+
+
+def protonet_loss(features: nn.Module, tasks: TaskBatch) -> tuple[Tensor, Tensor]:
+    """Mean query cross-entropy and accuracy of the prototype classifier over a batch of episodes.
+
+    Support and query images of all episodes go through ``features`` in one batch per set.
+    """
+    n_way = int(tasks.y_support.max().item()) + 1
+    t, ns = tasks.y_support.shape
+    nq = tasks.y_query.shape[1]
+    emb_s = features(tasks.x_support.flatten(0, 1)).view(t, ns, -1)
+    emb_q = features(tasks.x_query.flatten(0, 1)).view(t, nq, -1)
+    logits = torch.stack([prototype_logits(emb_s[i], tasks.y_support[i], emb_q[i], n_way) for i in range(t)])
+    loss = F.cross_entropy(logits.flatten(0, 1), tasks.y_query.flatten())
+    acc = (logits.argmax(-1) == tasks.y_query).float().mean()
+    return loss, acc
+
+
+def protonet_train(
+    features: nn.Module,
+    sample_tasks: Callable[[torch.Generator], TaskBatch],
+    *,
+    meta_steps: int,
+    lr: float = 1e-3,
+    seed: int = 0,
+    progress: bool | None = None,
+    desc: str = "protonet",
+) -> dict[str, list[float]]:
+    """Train an embedding ``features`` episodically with the prototypical loss (Adam, one update per batch).
+
+    Returns per-step ``loss`` and ``acc`` lists plus ``seconds``, like ``meta_train``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    device = next(features.parameters()).device
+    optimizer = torch.optim.Adam(features.parameters(), lr=lr)
+    features.train()
+    history: dict[str, list[float]] = {"loss": [], "acc": []}
+    start = time.perf_counter()
+    bar = _progress(meta_steps, desc, progress)
+    for _ in range(meta_steps):
+        loss, acc = protonet_loss(features, sample_tasks(gen).to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        history["loss"].append(loss.item())
+        history["acc"].append(acc.item())
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    history["seconds"] = [time.perf_counter() - start]
+    return history
+
+
+@torch.no_grad()
+def protonet_accuracy(features: nn.Module, tasks: TaskBatch) -> Tensor:
+    """Query accuracy of the prototype classifier per episode ``(T,)`` (features in eval mode)."""
+    feats = embed_tasks(features, tasks)
+    n_way = int(tasks.y_support.max().item()) + 1
+    return torch.stack([
+        accuracy(prototype_logits(feats.x_support[i], feats.y_support[i], feats.x_query[i], n_way), feats.y_query[i])
+        for i in range(feats.num_tasks)
+    ]).cpu()
 
 
 # --------------------------------------------------------------------------------------------

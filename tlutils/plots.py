@@ -53,28 +53,40 @@ def displayable(label: str) -> str:
 
 
 def sample_grid(
-    images: torch.Tensor, labels: Sequence[str] | None = None, ncols: int = 8, ax=None, title: str | None = None
+    images: torch.Tensor,
+    labels: Sequence[str] | None = None,
+    ncols: int = 8,
+    ax=None,
+    title: str | None = None,
+    xlabel: str | None = None,
 ):
-    """Images ``(N, C, H, W)`` in [0, 1] tiled into one picture, optionally with labels under each."""
+    """Images ``(N, C, H, W)`` in [0, 1] tiled into one picture, each with its label (if given) printed under it.
+
+    Tiles have no axes of their own (a pixel index means nothing to a reader); ``xlabel`` adds a caption
+    under the picture (say what the labels are, e.g. "class of each image").
+    """
     images = images.detach().float().cpu().clamp(0, 1)
     n = len(images)
     nrows = int(np.ceil(n / ncols))
     c, h, w = images.shape[1:]
-    canvas = np.ones((nrows * (h + 2), ncols * (w + 2), 3), dtype=np.float32)
+    label_h = int(round(0.45 * h)) if labels is not None else 0  # a strip under each tile row for its labels
+    pitch_y, pitch_x = h + 2 + label_h, w + 2
+    canvas = np.ones((nrows * pitch_y, ncols * pitch_x, 3), dtype=np.float32)
     for i, img in enumerate(images):
         r, col = divmod(i, ncols)
         arr = img.permute(1, 2, 0).numpy()
-        canvas[r * (h + 2) : r * (h + 2) + h, col * (w + 2) : col * (w + 2) + w] = arr if c == 3 else arr.repeat(3, -1)
-    ax = _axes(ax, figsize=(ncols * 0.8, nrows * 0.9))
+        canvas[r * pitch_y : r * pitch_y + h, col * pitch_x : col * pitch_x + w] = arr if c == 3 else arr.repeat(3, -1)
+    ax = _axes(ax, figsize=(ncols * 0.8, nrows * (0.9 + (0.4 if labels is not None else 0))))
     ax.imshow(canvas, interpolation="nearest")
     if labels is not None:
-        ax.set_xticks([(i % ncols) * (w + 2) + w / 2 for i in range(min(n, ncols))])
-        ax.set_xticklabels([displayable(s) for s in labels[:ncols]], fontsize=7)
-    else:
-        ax.set_xticks([])
+        for i, label in enumerate(labels[:n]):
+            r, col = divmod(i, ncols)
+            ax.text(col * pitch_x + w / 2, r * pitch_y + h + 1, displayable(label), ha="center", va="top", fontsize=7)
+    ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_xlabel("samples (columns)")
-    ax.set_ylabel("rows")
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_xlabel(xlabel or "")
     ax.set_title(title or "")
     return ax
 
@@ -93,9 +105,10 @@ def filter_grid(weight: torch.Tensor, ncols: int = 8, ax=None, title: str = "fir
     hi = w.flatten(1).max(1).values.view(-1, 1, 1, 1)
     w = (w - lo) / (hi - lo + 1e-8)
     w = torch.nn.functional.interpolate(w, scale_factor=4, mode="nearest")
-    ax = sample_grid(w, ncols=ncols, ax=ax, title=title)
-    ax.set_xlabel("filter index (columns)")
-    return ax
+    k = weight.shape[-1]
+    caption = (f"{len(w)} filters of {k}x{k} weights, each scaled to its own range: "
+               "dark = most negative, light = most positive")
+    return sample_grid(w, ncols=ncols, ax=ax, title=title, xlabel=caption)
 
 
 def tsne_scatter(

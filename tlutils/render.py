@@ -196,7 +196,8 @@ README_METRICS: dict[str, list[str]] = {
     "05_mmd": ["mmd.type1_error", "mmd.power", "target_acc.source_only", "target_acc.dan", "mmd.feature.source_only",
                "mmd.feature.dann", "mmd.feature.dan"],
     "06_maml": ["sinusoid.mse.maml.k5.step10", "sinusoid.mse.pretrained.k5.step10", "fewshot.acc.maml.5w1s",
-                "fewshot.acc.finetune.5w1s", "fewshot.acc.maml.5w5s", "cost.vmap_speedup.sinusoid"],
+                "fewshot.acc.finetune.5w1s", "fewshot.acc.protonet.5w1s", "fewshot.acc.maml.5w5s",
+                "cost.vmap_speedup.sinusoid"],
 }
 """The headline numbers the README shows, per chapter (every recorded number is in the HTML index)."""
 

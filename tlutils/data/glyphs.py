@@ -1,6 +1,6 @@
 """``glyphs``: an Omniglot-like source domain drawn from the fonts bundled with matplotlib.
 
-Each class is one character of one of ~27 scripts or Unicode symbol blocks ("alphabets"). A class's
+Each class is one character of one of 27 scripts or Unicode symbol blocks ("alphabets"). A class's
 images are renders of the character in the bundled fonts that really contain it (checked against
 each font's cmap; matplotlib's LastResortHE, whose cmap claims every code point but draws boxes, is
 never used), with a random affine map and a mild elastic distortion applied in one batched
@@ -10,6 +10,9 @@ the digit targets of later chapters; near-empty renders and characters whose ren
 another class are dropped too. The class set depends only on the options, never on the seed; the
 seed (and the split) choose fonts and distortions, so "train" and "test" are different renders of
 the same classes.
+
+The 27 alphabets have fixed roles (``ROLES``), split like Omniglot's background / evaluation sets:
+17 "background" alphabets (chapter 00's source, MAML's meta-train), 4 meta-val and 6 meta-test.
 """
 
 from __future__ import annotations
@@ -570,6 +573,6 @@ register(
             "distortion": 1.0,
         },
         version=3,
-        description="characters of ~27 scripts/symbol blocks from matplotlib's fonts, distorted; no digits",
+        description="characters of 27 scripts/symbol blocks from matplotlib's fonts, distorted; no digits",
     )
 )
