@@ -93,3 +93,10 @@ def test_full_profile_smoke_run(tmp_path_factory):
     for metric in ("target_acc.cifar10.resnet18_finetune", "target_acc.folder.resnet18_finetune"):
         assert metric in results["02_full_fine_tuning"]
     assert "target_acc.cifar10.resnet50_staged" in results["03_staged_unfreezing"]
+
+
+def test_online_options_only_for_online_domains():
+    from tlutils.data import online_options
+
+    assert online_options("mnist", download=True, verify=False) == {"download": True, "verify": False}
+    assert online_options("mnist5k", download=True) == {}

@@ -16,7 +16,7 @@ from tlutils.data.cache import cache_dir, clear_cache
 from tlutils.data.domain import Domain, domain_summary
 from tlutils.data.glyphs import glyph_alphabets
 from tlutils.data.online import DomainUnavailableError
-from tlutils.data.registry import domain_spec, list_domains, load_domain
+from tlutils.data.registry import domain_spec, list_domains, load_domain, online_options
 
 __all__ = [
     "Domain",
@@ -28,4 +28,5 @@ __all__ = [
     "glyph_alphabets",
     "list_domains",
     "load_domain",
+    "online_options",
 ]

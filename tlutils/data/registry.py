@@ -64,6 +64,12 @@ def domain_spec(name: str) -> DomainSpec:
         raise ValueError(f"unknown domain {name!r}; valid names are: {', '.join(list_domains())}") from None
 
 
+def online_options(name: str, *, download: bool, verify: bool = True) -> dict:
+    """``{"download": ..., "verify": ...}`` for an online domain, ``{}`` for a built-in one, so one call serves both:
+    ``load_domain(name, split, **online_options(name, download=cfg.download, verify=cfg.verify))``."""
+    return {"download": download, "verify": verify} if domain_spec(name).online else {}
+
+
 def _jsonable(value):
     """Normalise an option value for the cache key (tuples -> lists, numpy scalars -> python)."""
     if isinstance(value, (list, tuple)):
