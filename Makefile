@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PROFILE ?= quick
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-fast lint strip bench student grade html nbval clean clean-data help
+.PHONY: setup run test test-fast lint strip bench student grade html nbval smoke gpu-check clean clean-data help
 .DEFAULT_GOAL := help
 
 help:  ## list the targets
@@ -53,6 +53,12 @@ html: setup  ## render runs/$(PROFILE) to HTML with an index page (after make ru
 
 nbval: setup  ## nbval (lax) on every notebook, quick profile
 	TLUTILS_PROFILE=quick TLUTILS_PROGRESS=0 $(PY) -m pytest --nbval-lax -p no:cacheprovider notebooks/
+
+smoke: setup  ## full profile at smoke scale, offline on tiny fake files (runs/smoke/): proves cells run, measures nothing
+	$(PY) -m tlutils.smoke run runs/smoke/files
+
+gpu-check: setup  ## on CUDA: images/s of chapter 02's full-profile training, fp32/bf16 x NCHW/channels_last
+	$(PY) scripts/gpu_check.py
 
 clean:  ## remove runs/ and caches (keeps data/)
 	rm -rf runs student .pytest_cache .ruff_cache

@@ -5,7 +5,10 @@
 
 ``fit`` needs no change under torchrun: it wraps the model in DDP, gives each rank its share of every
 global batch, reduces the logged metrics, and shows progress on rank 0 only. The checkpoint is
-written by rank 0. The full profile downloads CIFAR-10 and the ImageNet weights on rank 0 first.
+written by rank 0. The full profile downloads CIFAR-10 and the ImageNet weights (``cfg.download``) on
+rank 0 while the other ranks wait on a barrier, then every rank reads the cached files. The network's
+inputs are prepared by ``tlutils.imagenet.imagenet_resnet`` (resize to 224 px, ImageNet mean/std), the
+same wrapper notebooks 02 and 03 use.
 """
 
 from __future__ import annotations
@@ -15,17 +18,18 @@ import argparse
 import torch
 
 import tlutils
-from tlutils.models import Classifier, make_head, save_checkpoint, torchvision_resnet
+from tlutils.models import Classifier, make_head, save_checkpoint
 from tlutils.train import dist_info, evaluate, fit, init_distributed, is_main_process
 
 
 def load_task(cfg, download: bool):
     """(model, train, test) for the profile: a common recipe, ImageNet ResNet-18 on CIFAR-10, or the offline pair."""
     from tlutils.data import load_domain
+    from tlutils.imagenet import imagenet_resnet
 
     if cfg.profile == "full":
-        backbone = torchvision_resnet("resnet18", weights="imagenet", download=download)
-        train, test = (load_domain("cifar10", s, download=download) for s in ("train", "test"))
+        backbone = imagenet_resnet("resnet18", download=download)  # resize + ImageNet mean/std, as notebook 02
+        train, test = (load_domain("cifar10", s, download=download, verify=cfg.verify) for s in ("train", "test"))
         return Classifier(backbone, make_head(backbone.out_features, 10)), train, test
     from tlutils.source import load_source_model
 
@@ -48,7 +52,7 @@ def main() -> None:
     rank, world = dist_info()
     if world > 1 and rank != 0:
         torch.distributed.barrier()  # let rank 0 download/build caches first
-    model, train, test = load_task(cfg, download=(rank == 0))
+    model, train, test = load_task(cfg, download=cfg.download and rank == 0)
     if world > 1 and rank == 0:
         torch.distributed.barrier()
     epochs = args.epochs or cfg.pick(quick=2, full=15)

@@ -19,6 +19,30 @@ PROFILES = ("quick", "full")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+SMOKE_STEPS = 2
+"""Under ``TLUTILS_SMOKE=1``: the most optimisation steps per epoch (``fit``) and meta-steps (``maml``)."""
+
+SMOKE_PER_CLASS = 50
+"""Under ``TLUTILS_SMOKE=1``: the most examples per class ``load_domain`` returns (a seeded subset)."""
+
+_UNSET = object()
+
+
+def smoke_enabled() -> bool:
+    """True when ``$TLUTILS_SMOKE`` is ``1``: the smoke scale that proves code paths run and measures nothing.
+
+    It cuts every training loop to ``SMOKE_STEPS`` steps per epoch and every domain split to
+    ``SMOKE_PER_CLASS`` examples per class, turns on bf16 autocast on the CPU,
+    never downloads (``Setup.download`` is False) and accepts files without torchvision's md5
+    (``Setup.verify`` is False), so the full profile runs offline on the tiny files of ``tlutils.smoke``.
+    """
+    return os.environ.get("TLUTILS_SMOKE", "0").strip() == "1"
+
+
+def smoke_cap(n: int) -> int:
+    """``n``, or at most ``SMOKE_STEPS`` under ``TLUTILS_SMOKE=1`` (a loop's step count at smoke scale)."""
+    return min(n, SMOKE_STEPS) if smoke_enabled() else n
+
 
 def resolve_profile(profile: str | None = None) -> str:
     """Return the profile name: the argument, else ``$TLUTILS_PROFILE``, else ``"quick"``."""
@@ -90,23 +114,46 @@ class Setup:
     seed: int
     device: torch.device
     data_dir: Path
+    smoke: bool = False
+    """``TLUTILS_SMOKE=1``: tiny local files, a handful of steps (see ``smoke_enabled``)."""
 
-    def pick(self, *, quick, full):
-        """Return the value for the active profile: ``cfg.pick(quick=3, full=30)``."""
-        return quick if self.profile == "quick" else full
+    def pick(self, *, quick, full, smoke=_UNSET):
+        """Return the value for the active profile: ``cfg.pick(quick=3, full=30)``.
+
+        ``smoke``, when given, replaces ``full`` at smoke scale (data and evaluation sizes; step counts
+        are cut by the training loops themselves).
+        """
+        if self.profile == "quick":
+            return quick
+        return smoke if (self.smoke and smoke is not _UNSET) else full
 
     @property
     def amp(self) -> bool:
-        """Mixed precision is used on CUDA only (bf16 where supported, else fp16 with a scaler)."""
-        return self.device.type == "cuda"
+        """Mixed precision on CUDA (bf16 where supported, else fp16 with a scaler); bf16 on CPU at smoke scale."""
+        return self.device.type == "cuda" or self.smoke
+
+    @property
+    def download(self) -> bool:
+        """Whether online files may be downloaded: in the full profile only, never at smoke scale.
+
+        Pass it on: ``load_domain("cifar10", "train", download=cfg.download, verify=cfg.verify)``,
+        ``imagenet_resnet("resnet18", download=cfg.download)``. Under torchrun only rank 0 downloads.
+        """
+        return self.profile == "full" and not self.smoke
+
+    @property
+    def verify(self) -> bool:
+        """Whether online files must pass torchvision's md5 checks (False at smoke scale: its files are fakes)."""
+        return not self.smoke
 
     def __str__(self) -> str:
-        return f"profile={self.profile} seed={self.seed} device={self.device} data_dir={self.data_dir}"
+        smoke = " smoke" if self.smoke else ""
+        return f"profile={self.profile}{smoke} seed={self.seed} device={self.device} data_dir={self.data_dir}"
 
 
 def setup(profile: str | None = None, seed: int = 0, device: str | None = None) -> Setup:
     """Resolve profile, device and data dir, seed everything, and print one line saying so."""
-    cfg = Setup(resolve_profile(profile), int(seed), get_device(device), data_dir())
+    cfg = Setup(resolve_profile(profile), int(seed), get_device(device), data_dir(), smoke_enabled())
     if cfg.device.type == "cpu":
         set_cpu_threads()
     seed_everything(cfg.seed)

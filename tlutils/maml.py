@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from tlutils.config import smoke_cap
+
 Params = dict[str, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -454,10 +456,12 @@ def _progress(total: int, desc: str, progress: bool | None):
 
 
 def _autocast(device: torch.device, amp: bool | None):
-    """bf16 autocast on CUDA (no loss scaling needed), nothing elsewhere."""
-    use = device.type == "cuda" if amp is None else amp
-    if use and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast on CUDA (no loss scaling needed); on the CPU only when asked (or at smoke scale)."""
+    from tlutils.train import default_amp
+
+    use = default_amp(device) if amp is None else amp
+    if use and device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 
@@ -527,6 +531,7 @@ def meta_train(
     if 0 in snapshot_at:
         snapshots[0] = copy()
     start = time.perf_counter()
+    meta_steps = smoke_cap(meta_steps)  # a handful under TLUTILS_SMOKE=1
     bar = _progress(meta_steps, desc, progress)
     for step in range(1, meta_steps + 1):
         logs = meta_step(
@@ -639,6 +644,7 @@ def pretrain_joint(
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     losses = []
     start = time.perf_counter()
+    steps = smoke_cap(steps)  # a handful under TLUTILS_SMOKE=1
     bar = _progress(steps, desc, progress)
     for _ in range(steps):
         t = sample_tasks(gen).to(device)

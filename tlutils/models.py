@@ -97,22 +97,33 @@ def resnet_small(widths: tuple[int, ...] = (24, 48, 96, 192), blocks: tuple[int,
     return Backbone(stages, channels, "resnet_small", widths=list(widths), blocks=list(blocks))
 
 
-IMAGENET_WEIGHTS = {"resnet18": "ResNet18_Weights", "resnet50": "ResNet50_Weights"}
+IMAGENET_WEIGHTS = {
+    "resnet18": ("ResNet18_Weights", "IMAGENET1K_V1"),
+    "resnet50": ("ResNet50_Weights", "IMAGENET1K_V2"),
+}
+"""The ImageNet-1k weights each torchvision arch loads (ResNet-50's V2: torchvision's newer, stronger recipe)."""
+WEIGHTS_PAGE = "https://pytorch.org/vision/stable/models.html"
+
+
+def _imagenet_enum(arch: str):
+    from torchvision import models as tvm
+
+    cls, member = IMAGENET_WEIGHTS[arch]
+    return getattr(getattr(tvm, cls), member)
 
 
 def imagenet_weights_path(arch: str) -> Path:
     """Where torchvision caches the ImageNet weights of ``arch`` (under ``$TORCH_HOME/hub/checkpoints``)."""
-    from torchvision import models as tvm
-
-    weights = getattr(tvm, IMAGENET_WEIGHTS[arch]).IMAGENET1K_V1
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(_imagenet_enum(arch).url).name
 
 
 def torchvision_resnet(arch: str = "resnet18", weights: str | None = None, download: bool = False) -> Backbone:
     """torchvision's ResNet-18/50 with the project's stage names (stem = conv1+bn1+relu+maxpool).
 
-    ``weights="imagenet"`` loads the ImageNet-1k weights from torchvision's cache; when they are not
-    cached and ``download`` is False the call fails at once, naming the file and the offline alternative.
+    ``weights="imagenet"`` loads the ImageNet-1k weights (``IMAGENET_WEIGHTS``) from torchvision's cache;
+    when they are not cached and ``download`` is False the call fails at once, naming the file, the
+    download page and the offline alternative. Inputs must be prepared as the weights expect:
+    ``tlutils.imagenet.imagenet_resnet`` adds that step.
     """
     from torchvision import models as tvm
 
@@ -123,13 +134,14 @@ def torchvision_resnet(arch: str = "resnet18", weights: str | None = None, downl
         if weights != "imagenet":
             raise ValueError(f"weights must be None or 'imagenet', got {weights!r}")
         path = imagenet_weights_path(arch)
+        wenum = _imagenet_enum(arch)
         if not path.exists() and not download:
             raise FileNotFoundError(
-                f"ImageNet weights for {arch} are not cached at {path} and downloading is off. "
-                f"With internet, pass download=True (or run torchvision once); offline, use the glyph-pretrained "
+                f"ImageNet weights for {arch} ({'.'.join(IMAGENET_WEIGHTS[arch])}) are not cached at {path} and "
+                f"downloading is off. With internet, pass download=True (the full profile does) or fetch "
+                f"{wenum.url} (listed on {WEIGHTS_PAGE}) into that folder; offline, use the glyph-pretrained "
                 f"backbone of notebook 00 (tlutils.source.load_source_model) instead."
             )
-        wenum = getattr(tvm, IMAGENET_WEIGHTS[arch]).IMAGENET1K_V1
         state = (
             wenum.get_state_dict(progress=False, check_hash=False)
             if not path.exists()

@@ -81,6 +81,17 @@ def failed_cell(nb_path: Path) -> str:
     return "unknown cell"
 
 
+def _children_cpu_s() -> float:
+    """CPU seconds (user + system) of this process's finished children: the kernels it ran.
+
+    Unlike wall time it depends little on what else a shared machine runs (the kernel must exit and be
+    reaped first, which papermill does before returning)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def execute(nb: Path, out_dir: Path, profile: str, seed: int, timeout: int | None) -> tuple[float, str | None]:
     """Run one notebook with papermill; return (wall seconds, error description or None)."""
     import papermill as pm
@@ -167,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     meta.setdefault("wall_s", {})
+    meta.setdefault("cpu_s", {})
     meta.setdefault("status", {})
     os.environ["TLUTILS_PROGRESS"] = "0"  # keep saved notebooks free of progress-bar noise
     os.environ["TLUTILS_PROFILE"] = profile
@@ -176,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     failures = []
     for nb in books:
         print(f"[{profile}] running {nb.name} ...", flush=True)
+        cpu_before = _children_cpu_s()
         wall, error = execute(nb, out_dir, profile, args.seed, args.timeout)
+        meta["cpu_s"][nb.stem] = round(_children_cpu_s() - cpu_before, 1)
         stem = nb.stem
         out = out_dir / nb.name
         results[stem] = collect_from_notebook(out) if out.exists() else {}

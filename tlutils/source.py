@@ -21,16 +21,16 @@ RECIPE_VERSION = 1
 
 
 def source_recipe(cfg: Setup) -> dict:
-    """Sizes and hyper-parameters of source pretraining for the active profile."""
+    """Sizes and hyper-parameters of source pretraining for the active profile (tiny at smoke scale)."""
     return {
         "version": RECIPE_VERSION,
         "domain": "glyphs",
         "alphabets": "background",
         "arch": "resnet_small",
-        "widths": cfg.pick(quick=[24, 48, 96, 192], full=[64, 128, 256, 512]),
-        "num_classes": cfg.pick(quick=300, full=600),
-        "per_class": cfg.pick(quick=60, full=200),
-        "epochs": cfg.pick(quick=6, full=30),
+        "widths": cfg.pick(quick=[24, 48, 96, 192], full=[64, 128, 256, 512], smoke=[8, 16, 32, 64]),
+        "num_classes": cfg.pick(quick=300, full=600, smoke=20),
+        "per_class": cfg.pick(quick=60, full=200, smoke=10),
+        "epochs": cfg.pick(quick=6, full=30, smoke=2),
         "batch_size": cfg.pick(quick=128, full=256),
         "lr": 3e-3,
         "seed": cfg.seed,
@@ -70,7 +70,7 @@ def pretrain_source(cfg: Setup, recipe: dict | None = None, data=None, progress:
     torch.manual_seed(recipe["seed"])
     model = build_model(recipe["arch"], train.num_classes, widths=tuple(recipe["widths"]))
     opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=5e-4)
-    steps = recipe["epochs"] * (len(train) // recipe["batch_size"])
+    steps = recipe["epochs"] * max(1, len(train) // recipe["batch_size"])  # fit drops the last partial batch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe["lr"], total_steps=max(1, steps), pct_start=0.2)
     history = fit(
         model,

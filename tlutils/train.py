@@ -8,6 +8,7 @@ with a gradient scaler) and channels_last. Chapters change what one step does th
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -127,8 +128,21 @@ def _all_reduce_sums(sums: dict[str, torch.Tensor], seen: int, device: torch.dev
 # ----------------------------------------------------------------------------- precision
 
 
+def default_amp(device: torch.device) -> bool:
+    """Mixed precision unless told otherwise: on CUDA, and on the CPU at smoke scale (``TLUTILS_SMOKE=1``)."""
+    from tlutils.config import smoke_enabled
+
+    return device.type == "cuda" or (device.type == "cpu" and smoke_enabled())
+
+
 def autocast_for(device: torch.device, amp: bool) -> tuple[Callable[[], object], torch.amp.GradScaler | None]:
-    """Autocast context factory and grad scaler: bf16 on CUDA when supported, else fp16 + scaler; off on CPU."""
+    """Autocast context factory and grad scaler: bf16 on CUDA when supported, else fp16 + scaler.
+
+    On the CPU ``amp`` means bf16 autocast (the smoke scale turns it on so the mixed-precision path runs
+    without a GPU); other devices get none.
+    """
+    if amp and device.type == "cpu":
+        return (lambda: torch.autocast("cpu", dtype=torch.bfloat16)), None
     if not amp or device.type != "cuda":
         return nullcontext, None
     if torch.cuda.is_bf16_supported():
@@ -266,12 +280,12 @@ def fit(
     forward through ``torch.compile`` (worth it for long GPU runs, not for the quick profile).
     Under torchrun the model is wrapped in DDP; ``batch_size`` is then the global batch.
     """
-    from tlutils.config import get_device
+    from tlutils.config import get_device, smoke_cap
 
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
     device = get_device(device) if not isinstance(device, torch.device) else device
-    amp = device.type == "cuda" if amp is None else amp
+    amp = default_amp(device) if amp is None else amp
     channels_last = device.type == "cuda" if channels_last is None else channels_last
     model.to(device)
     if channels_last:
@@ -298,7 +312,7 @@ def fit(
     else:
         n = None
     drop_last = n is not None and n > batch_size  # avoids size-1 batch-norm batches
-    per_epoch = _num_batches(train, n, batch_size, drop_last)
+    per_epoch = smoke_cap(_num_batches(train, n, batch_size, drop_last))  # a handful at smoke scale
     history = History()
     state = FitState(model, optimizer, scheduler, epochs, epochs * per_epoch, device, history)
     if seed is None:  # every rank draws the same seed from its (identically seeded) global generator
@@ -320,6 +334,7 @@ def fit(
         )
         if n is not None and world > 1:
             batches = ((bx[rank::world], by[rank::world]) for bx, by in batches)
+        batches = itertools.islice(batches, per_epoch)
         sums: dict[str, torch.Tensor] = {}
         seen = 0
         pending: list[tuple[int, dict]] = []
@@ -394,7 +409,7 @@ def predict(
     from tlutils.config import get_device
 
     device = get_device(device) if not isinstance(device, torch.device) else device
-    amp = device.type == "cuda" if amp is None else amp
+    amp = default_amp(device) if amp is None else amp
     autocast, _ = autocast_for(device, amp)
     model.to(device)
     was_training = model.training

@@ -6,16 +6,17 @@ further normalisation) and ``y`` int64 class indices into ``classes``.
 
 Built-in (offline) domains: ``glyphs``, ``mnist5k``, ``mnistm-lite``, ``syndigits``, ``digits8x8``.
 Online (torchvision, ``download=True`` to fetch): ``mnist``, ``svhn``, ``usps``, ``cifar10``,
-``omniglot``; offline they fail at once with ``DomainUnavailableError`` naming the built-in alternative.
+``omniglot``, ``mnistm``; offline they fail at once with ``DomainUnavailableError`` naming the built-in
+alternative. Your own photos: ``load_domain("folder", split, root=PATH)`` (one subfolder per class).
 Generated arrays are cached under ``data_dir()/"domains"`` (checksummed, written atomically).
 """
 
-from tlutils.data import digits, glyphs, online, syndigits  # noqa: F401  (importing registers the domains)
+from tlutils.data import digits, folder, glyphs, online, syndigits  # noqa: F401  (importing registers the domains)
 from tlutils.data.cache import cache_dir, clear_cache
 from tlutils.data.domain import Domain, domain_summary
 from tlutils.data.glyphs import glyph_alphabets
 from tlutils.data.online import DomainUnavailableError
-from tlutils.data.registry import domain_spec, list_domains, load_domain
+from tlutils.data.registry import domain_spec, list_domains, load_domain, online_options
 
 __all__ = [
     "Domain",
@@ -27,4 +28,5 @@ __all__ = [
     "glyph_alphabets",
     "list_domains",
     "load_domain",
+    "online_options",
 ]

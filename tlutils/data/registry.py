@@ -33,6 +33,9 @@ class DomainSpec:
     online: bool = False
     uncached_options: tuple[str, ...] = field(default=())
     """Options that do not change the data (e.g. ``download``) and so stay out of the cache key."""
+    fingerprint: Callable[[dict], str] | None = None
+    """Optional ``fingerprint(options) -> str`` of the files a domain reads (e.g. an image folder's listing),
+    added to the cache key so that changed files are rebuilt."""
 
 
 _REGISTRY: dict[str, DomainSpec] = {}
@@ -59,6 +62,12 @@ def domain_spec(name: str) -> DomainSpec:
         return _REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown domain {name!r}; valid names are: {', '.join(list_domains())}") from None
+
+
+def online_options(name: str, *, download: bool, verify: bool = True) -> dict:
+    """``{"download": ..., "verify": ...}`` for an online domain, ``{}`` for a built-in one, so one call serves both:
+    ``load_domain(name, split, **online_options(name, download=cfg.download, verify=cfg.verify))``."""
+    return {"download": download, "verify": verify} if domain_spec(name).online else {}
 
 
 def _jsonable(value):
@@ -121,6 +130,26 @@ def to_tensors(arrays: Arrays, device: torch.device | str | None) -> tuple[torch
     return x, y
 
 
+def smoke_subset(arrays: Arrays) -> Arrays:
+    """At smoke scale (``TLUTILS_SMOKE=1``) at most ``SMOKE_PER_CLASS`` examples per class, a fixed random
+    subset in the original order; otherwise ``arrays`` unchanged."""
+    from tlutils.config import SMOKE_PER_CLASS, smoke_enabled
+
+    if not smoke_enabled():
+        return arrays
+    order = np.random.default_rng(0).permutation(len(arrays.y))
+    kept = np.zeros(len(arrays.y), dtype=bool)
+    counts: dict[int, int] = {}
+    for i in order:
+        label = int(arrays.y[i])
+        if counts.get(label, 0) < SMOKE_PER_CLASS:
+            counts[label] = counts.get(label, 0) + 1
+            kept[i] = True
+    if kept.all():
+        return arrays
+    return Arrays(arrays.x[kept], arrays.y[kept], arrays.classes, {**arrays.info, "smoke_subset": int(kept.sum())})
+
+
 def load_domain(
     name: str,
     split: str = "train",
@@ -138,6 +167,7 @@ def load_domain(
         seed: seeds the generation of synthetic domains (ignored by fixed real data sets).
         device: where the tensors go (moved once); None keeps them on the CPU.
         cache: read/write ``data_dir()/"domains"``; False always rebuilds and writes nothing.
+            At smoke scale (``TLUTILS_SMOKE=1``) the split is then cut to ``SMOKE_PER_CLASS`` per class.
         **options: domain-specific options (``domain_spec(name).defaults`` lists them).
 
     Returns:
@@ -154,7 +184,10 @@ def load_domain(
     opts = resolve_options(spec, options)
     key_opts = {k: v for k, v in opts.items() if k not in spec.uncached_options}
     fields = {"version": spec.version, "options": key_opts, "seed": seed if spec.uses_seed else None}
+    if spec.fingerprint is not None:
+        fields["files"] = spec.fingerprint(opts)
     arrays = cached(name, split, fields, lambda: _build(spec, split, seed, opts), use_cache=cache)
+    arrays = smoke_subset(arrays)
     x, y = to_tensors(arrays, device)
     info = {**arrays.info, "seed": seed if spec.uses_seed else None, "options": opts}
     return Domain(x=x, y=y, classes=list(arrays.classes), name=name, split=split, info=info)
