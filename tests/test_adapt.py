@@ -116,6 +116,6 @@ def test_dynamic_weight_is_a_sigmoid_of_the_mean_gap():
 def test_recipe_length_and_profiles():
     r = Recipe(steps=1000, batch_size=32)
     assert r.epochs_for(4000) == 8 and r.epochs_for(10) == 1000
-    cfg = SimpleNamespace(pick=lambda quick, full: quick)
+    cfg = SimpleNamespace(pick=lambda quick, full, **_: quick)
     assert recipe_for(cfg).steps == 1000 and recipe_for(cfg, lr=0.1).lr == 0.1
     assert recipe_for(cfg).batch_norm and recipe_for(cfg).per_domain

@@ -39,7 +39,7 @@ def test_run_seed_trains_each_method_and_derives_adabn():
 
 
 def test_cache_paths_key_on_recipe_and_seed(tmp_path):
-    cfg = SimpleNamespace(data_dir=tmp_path, pick=lambda quick, full: quick, device="cpu")
+    cfg = SimpleNamespace(data_dir=tmp_path, pick=lambda quick, full, **_: quick, device="cpu")
     a = cache_paths(cfg, seed=0)
     assert a["dann"].parent == tmp_path / "checkpoints" and a["dann"] != a["source_only"]
     assert cache_paths(cfg, seed=1)["dann"] != a["dann"]
@@ -47,7 +47,7 @@ def test_cache_paths_key_on_recipe_and_seed(tmp_path):
 
 
 def test_cached_runs_load_what_was_saved_and_retrain_a_bad_file(tmp_path, capsys, monkeypatch):
-    cfg = SimpleNamespace(data_dir=tmp_path, pick=lambda quick, full: quick, device="cpu")
+    cfg = SimpleNamespace(data_dir=tmp_path, pick=lambda quick, full, **_: quick, device="cpu")
     nets = {m: ganin_cnn(10, batch_norm=True).eval() for m in ("source_only", "dann")}
     history = History(epochs=[{"epoch": 1, "train_loss": 0.5}])
     runs = [SimpleNamespace(method=m, seed=0, model=n, target_acc=0.5, history=history) for m, n in nets.items()]

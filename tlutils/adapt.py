@@ -221,8 +221,9 @@ class Recipe:
 
 
 def recipe_for(cfg, **overrides) -> Recipe:
-    """Chapters 04-05's recipe for ``cfg``'s profile (quick: 1,000 steps of 32 + 32; full: 10,000 of 64 + 64)."""
-    base = Recipe(steps=cfg.pick(quick=1000, full=10000), batch_size=cfg.pick(quick=32, full=64))
+    """Chapters 04-05's recipe for ``cfg``'s profile (quick: 1,000 steps of 32 + 32; full: 10,000 of 64 + 64;
+    a handful at smoke scale)."""
+    base = Recipe(steps=cfg.pick(quick=1000, full=10000, smoke=4), batch_size=cfg.pick(quick=32, full=64))
     return replace(base, **overrides)
 
 

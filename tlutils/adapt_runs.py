@@ -30,7 +30,7 @@ from torch import nn
 
 from tlutils.adapt import Recipe, adabn, build_network, fit_recipe, recipe_for
 from tlutils.dann import DANN, train_dann
-from tlutils.data import domain_spec, list_domains, load_domain
+from tlutils.data import list_domains, load_domain, online_options
 from tlutils.mmd import train_dan
 from tlutils.models import Classifier, load_weights, save_checkpoint
 from tlutils.train import History, evaluate
@@ -148,22 +148,19 @@ ONLINE_PAIRS = {"mnist → mnistm": ("mnist", "mnistm"), "svhn → mnist": ("svh
 """The paper's real pairs, run by the full profile when their files are present (MNIST-M needs BSDS500)."""
 
 
-def _load(name: str, split: str, download: bool, **kwargs):
-    """``load_domain`` with ``download`` passed to the domains that have that option (the online ones)."""
-    if "download" in domain_spec(name).defaults:
-        kwargs["download"] = download
-    return load_domain(name, split, **kwargs)
-
-
-def load_pair(source: str, target: str, *, seed: int = 0, device=None, download: bool = False) -> tuple:
-    """(labelled source train, unlabelled target train, target test) of a domain pair."""
+def load_pair(
+    source: str, target: str, *, seed: int = 0, device=None, download: bool = False, verify: bool = True
+) -> tuple:
+    """(labelled source train, unlabelled target train, target test) of a domain pair; ``download``/``verify``
+    reach the online domains only (``cfg.download``, ``cfg.verify``)."""
     parts = ((source, "train"), (target, "train"), (target, "test"))
-    return tuple(_load(d, split, download, seed=seed, device=device) for d, split in parts)
+    return tuple(load_domain(d, split, seed=seed, device=device, **online_options(d, download=download, verify=verify))
+                 for d, split in parts)
 
 
-def available_pairs(cfg, download: bool = False) -> dict[str, tuple[str, str]]:
+def available_pairs(cfg) -> dict[str, tuple[str, str]]:
     """Chapter 04's (source, target) pairs: the offline ones, plus in the full profile the paper's real pairs
-    whose files are present (or can be downloaded with ``download=True``); a skipped pair is reported."""
+    whose files are present or can be downloaded (``cfg.download``); a skipped pair is reported with the reason."""
     pairs = dict(OFFLINE_PAIRS)
     if cfg.profile != "full":
         return pairs
@@ -174,7 +171,7 @@ def available_pairs(cfg, download: bool = False) -> dict[str, tuple[str, str]]:
             continue
         try:
             for d in domains:
-                _load(d, "test", download)
+                load_domain(d, "test", **online_options(d, download=cfg.download, verify=cfg.verify))
         except (FileNotFoundError, RuntimeError, OSError) as exc:
             print(f"skipping {name}: {exc}")
             continue
