@@ -436,11 +436,23 @@ def _run_identity(recipe: Recipe, source: nn.Module, train, test, head_hidden: i
             "threads": torch.get_num_threads() if device.type == "cpu" else None}
 
 
+RECIPE_FIELDS = {
+    "scratch": ("epochs", "batch_size", "min_epoch", "weight_decay", "augment", "lr_scratch"),
+    "finetune": ("epochs", "batch_size", "min_epoch", "weight_decay", "augment", "lr_finetune"),
+    "staged": ("epochs", "batch_size", "min_epoch", "weight_decay", "augment", "lr_staged", "factor"),
+    "linear_probe": ("head_epochs", "lr_head", "weight_decay"),
+}
+"""The recipe fields each strategy's training reads: a run's cache key holds only these, so changing one
+strategy's rate (chapter 03 tunes staged's) leaves the other strategies' cached runs valid."""
+
+
 def _run_key(identity: dict, strategy: str, k: int, seed: int) -> str:
     import hashlib
     import json
 
-    fields = {**identity, "strategy": strategy, "k": int(k), "seed": int(seed)}
+    recipe = identity.get("recipe", {})
+    fields = {**identity, "recipe": {f: recipe[f] for f in RECIPE_FIELDS[strategy] if f in recipe},
+              "strategy": strategy, "k": int(k), "seed": int(seed)}
     return f"{strategy}-k{k}-s{seed}-" + hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
