@@ -328,8 +328,8 @@ class Recipe:
     ``min_epoch`` tiles tiny labelled sets so an epoch has at least that many examples (1 label per
     class is 10 images; a schedule that unfreezes one stage per epoch needs epochs of several steps).
     ``staged`` unfreezes one part per epoch top-down (6 parts: all train from epoch 5 on). Fine-tuning and
-    staged share one peak rate by default (1e-3, chosen on validation in chapters 02 and 03), so the two
-    differ only in what each part's rate is and when it starts training.
+    staged default to the same peak rate (1e-3); chapters 02 and 03 choose each strategy's rate on a
+    validation split with ``select_lr`` (the same grid and procedure for both).
     ``augment`` names a ``tlutils.augment`` preset (``"digits"``) applied to training batches of the
     trained strategies (not the linear probe, which trains on cached features).
     """
