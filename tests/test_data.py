@@ -169,6 +169,17 @@ def test_per_class_budgets():
         d.per_class(0)
 
 
+def test_split_validation_is_fixed_stratified_and_disjoint():
+    d = small("syndigits", cache=False)
+    rest, val = d.split_validation(2, seed=0)
+    assert len(val) == 20 and torch.bincount(val.y).tolist() == [2] * 10
+    assert len(rest) == len(d) - 20 and val.split.endswith("-val")
+    pairs = {(tuple(x.flatten()[:64].tolist()), int(y)) for x, y in zip(rest.x, rest.y, strict=True)}
+    assert not any((tuple(x.flatten()[:64].tolist()), int(y)) in pairs for x, y in zip(val.x, val.y, strict=True))
+    again_rest, again_val = d.split_validation(2, seed=0)
+    assert torch.equal(again_val.x, val.x) and torch.equal(again_rest.y, rest.y)
+
+
 def test_subset_and_to():
     d = small("syndigits", cache=False)
     assert torch.equal(d.subset([0, 2]).x, d.x[[0, 2]])

@@ -127,3 +127,15 @@ def test_linear_cka_invariances():
     assert linear_cka(a, torch.randn(200, 16, generator=g)) < 0.3
     with pytest.raises(ValueError, match="same examples"):
         linear_cka(a, a[:10])
+
+
+def test_rbf_svm_probe_separates_a_ring():
+    """A kernel SVM fits what no linear probe can: a class inside a ring of the other."""
+    g = torch.Generator().manual_seed(0)
+    angle = 2 * torch.pi * torch.rand(400, generator=g)
+    radius = torch.where(torch.arange(400) % 2 == 0, 0.5, 2.0) + 0.1 * torch.randn(400, generator=g)
+    x = torch.stack([radius * angle.cos(), radius * angle.sin()], 1)
+    y = (torch.arange(400) % 2).long()
+    train, test = (x[:300], y[:300]), (x[300:], y[300:])
+    assert sklearn_probe(train, test, kind="rbf_svm")["acc"] > 0.95
+    assert sklearn_probe(train, test, kind="logreg")["acc"] < 0.8

@@ -1,5 +1,7 @@
 """Unit tests for tlutils.finetune: freezing, batch norm in frozen parts, discriminative rates, schedules."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,6 +17,7 @@ from tlutils.finetune import (
     label_budget_curve,
     part_names,
     replace_head,
+    select_lr,
     staged_unfreezing,
     tile,
     train_strategy,
@@ -234,3 +237,31 @@ def test_label_budget_curve_shape(tmp_data):
         assert list(per_k) == [1, 2] and all(len(v) == 2 and all(0 <= a <= 1 for a in v) for v in per_k.values())
     with pytest.raises(ValueError, match="unknown strategies"):
         label_budget_curve(tiny_model(), toy_domain(), toy_domain(), strategies=["magic"])
+
+
+def test_changing_one_strategys_rate_keeps_the_other_runs_cached(tmp_data):
+    base = Recipe(epochs=1, batch_size=8, min_epoch=8, head_epochs=3)
+    label_budget_curve(tiny_model(), toy_domain(), toy_domain(), budgets=(1,), seeds=(0,), recipe=base,
+                       progress=False)
+    first = {p.name for p in (tmp_data / "budget_runs").glob("*.json")}
+    label_budget_curve(tiny_model(), toy_domain(), toy_domain(), budgets=(1,), seeds=(0,),
+                       recipe=replace(base, lr_staged=base.lr_staged * 3), progress=False)
+    new = {p.name for p in (tmp_data / "budget_runs").glob("*.json")} - first
+    assert len(new) == 1 and next(iter(new)).startswith("staged-"), new
+    label_budget_curve(tiny_model(), toy_domain(), toy_domain(), strategies=("finetune", "linear_probe"),
+                       budgets=(1,), seeds=(0,), recipe=replace(base, augment="digits"), progress=False)
+    new = {p.name for p in (tmp_data / "budget_runs").glob("*.json")} - first
+    assert sorted(n.split("-")[0] for n in new) == ["finetune", "staged"], "augment keys trained runs, not the probe"
+
+
+def test_augmented_strategy_differs_and_select_lr_picks_the_best(tmp_data):
+    recipe = Recipe(epochs=1, batch_size=8, min_epoch=16)
+    plain = train_strategy("finetune", tiny_model(), toy_domain(), num_classes=3, recipe=recipe, seed=1)
+    jittered = train_strategy("finetune", tiny_model(), toy_domain(), num_classes=3,
+                              recipe=replace(recipe, augment="digits"), seed=1)
+    assert not all_equal(plain.parameters(), jittered.parameters()), "augmentation changes the training batches"
+    best, scores = select_lr(tiny_model(), toy_domain(), toy_domain(3), strategy="finetune", lrs=[1e-4, 1e-2],
+                             k=2, recipe=recipe)
+    assert set(scores) == {1e-4, 1e-2} and scores[best] == max(scores.values())
+    with pytest.raises(ValueError, match="trained strategy"):
+        select_lr(tiny_model(), toy_domain(), toy_domain(), strategy="linear_probe", lrs=[1e-3], k=1)

@@ -42,3 +42,16 @@ def test_load_results(tmp_path):
 def test_mean_std():
     assert mean_std([1.0, 3.0]) == (2.0, pytest.approx(1.4142, abs=1e-4))
     assert mean_std([5.0]) == (5.0, 0.0)
+
+
+def test_paired_difference_matches_the_t_interval():
+    from tlutils.results import paired_difference
+
+    out = paired_difference([0.70, 0.62, 0.66, 0.71, 0.64], [0.65, 0.60, 0.66, 0.66, 0.61])
+    # differences 0.05, 0.02, 0.00, 0.05, 0.03: mean 0.03, sd 0.021213; t(0.975, 4) = 2.776445
+    assert out["n"] == 5 and abs(out["mean"] - 0.03) < 1e-12
+    assert abs(out["sd"] - 0.0212132) < 1e-6
+    assert abs(out["half_width"] - 2.776445 * 0.0212132 / 5**0.5) < 1e-6
+    assert abs(out["low"] - (out["mean"] - out["half_width"])) < 1e-12
+    with pytest.raises(ValueError, match="paired"):
+        paired_difference([0.5], [0.4])

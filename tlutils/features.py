@@ -234,19 +234,20 @@ def train_linear_head(train, *, num_classes: int | None = None, epochs: int = 10
     return head.cpu(), history
 
 
-PROBES = ("logreg", "svm")
+PROBES = ("logreg", "svm", "rbf_svm")
 
 
 def sklearn_probe(train, test, kind: str = "logreg", C: float = 1.0, max_iter: int = 2000) -> dict:
     """Fit a scikit-learn linear probe on standardised features; return ``{"acc", "train_acc", "model"}``.
 
-    ``kind``: ``"logreg"`` (multinomial logistic regression) or ``"svm"`` (linear SVM, one-vs-rest).
+    ``kind``: ``"logreg"`` (multinomial logistic regression), ``"svm"`` (linear SVM, one-vs-rest) or
+    ``"rbf_svm"`` (kernel SVM, RBF kernel with scikit-learn's ``gamma="scale"``: a non-linear head).
     ``train``/``test``: ``Features`` or ``(x, y)`` tuples. ``acc`` is the test accuracy (a fraction).
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import LinearSVC
+    from sklearn.svm import SVC, LinearSVC
 
     from tlutils.train import as_tensors
 
@@ -256,6 +257,7 @@ def sklearn_probe(train, test, kind: str = "logreg", C: float = 1.0, max_iter: i
     if xtr.ndim != 2:
         raise ValueError(f"probes expect (N, D) features, got shape {xtr.shape}")
     clf = (LogisticRegression(C=C, max_iter=max_iter) if kind == "logreg"
+           else SVC(C=C, kernel="rbf", gamma="scale") if kind == "rbf_svm"
            else LinearSVC(C=C, max_iter=max_iter, dual="auto", random_state=0))
     model = make_pipeline(StandardScaler(), clf).fit(xtr, ytr)
     return {"acc": float(model.score(xte, yte)), "train_acc": float(model.score(xtr, ytr)), "model": model}

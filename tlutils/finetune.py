@@ -112,8 +112,7 @@ def trainable_parts(model: nn.Module) -> list[str]:
 def replace_head(model: nn.Module, num_classes: int, hidden: int | None = None, dropout: float = 0.5) -> nn.Module:
     """Give ``model`` a new head for ``num_classes``: linear, or Linear-ReLU-Dropout-Linear with ``hidden`` units.
 
-    The two-layer head (Linear-ReLU-Dropout-Linear) is the one many ResNet-50 fine-tuning tutorials use; the old
-    head is discarded.
+    The two-layer head is the one many tutorials use in a common ResNet-50 recipe; the old head is discarded.
     """
     from tlutils.models import make_head
 
@@ -328,7 +327,11 @@ class Recipe:
     Every trained strategy runs ``epochs`` epochs with a one-cycle schedule at its own peak rate.
     ``min_epoch`` tiles tiny labelled sets so an epoch has at least that many examples (1 label per
     class is 10 images; a schedule that unfreezes one stage per epoch needs epochs of several steps).
-    ``staged`` unfreezes one part per epoch top-down (6 parts: all train from epoch 5 on).
+    ``staged`` unfreezes one part per epoch top-down (6 parts: all train from epoch 5 on). Fine-tuning and
+    staged default to the same peak rate (1e-3); chapters 02 and 03 choose each strategy's rate on a
+    validation split with ``select_lr`` (the same grid and procedure for both).
+    ``augment`` names a ``tlutils.augment`` preset (``"digits"``) applied to training batches of the
+    trained strategies (not the linear probe, which trains on cached features).
     """
 
     epochs: int = 9
@@ -336,11 +339,12 @@ class Recipe:
     min_epoch: int = 500
     lr_scratch: float = 3e-3
     lr_finetune: float = 1e-3
-    lr_staged: float = 3e-3
+    lr_staged: float = 1e-3
     factor: float = ULMFIT_FACTOR
     head_epochs: int = 100
     lr_head: float = 1e-2
     weight_decay: float = 1e-4
+    augment: str | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -375,6 +379,7 @@ def train_strategy(strategy: str, source: nn.Module, train, *, num_classes: int,
     * ``staged``: ULMFiT: discriminative rates (``lr_staged / factor**k``) + gradual unfreezing.
     The source model is never modified; ``seed`` fixes the new head, the random init and the batch order.
     """
+    from tlutils.augment import get as get_augment
     from tlutils.features import cached_features, train_linear_head
     from tlutils.models import Classifier
 
@@ -384,7 +389,8 @@ def train_strategy(strategy: str, source: nn.Module, train, *, num_classes: int,
     model = Classifier(copy.deepcopy(source.backbone), nn.Identity())
     replace_head(model, num_classes, hidden=head_hidden)
     unfreeze(model)
-    common = dict(batch_size=recipe.batch_size, device=device, seed=seed, progress=False, desc=strategy)
+    common = dict(batch_size=recipe.batch_size, device=device, seed=seed, progress=False, desc=strategy,
+                  augment=get_augment(recipe.augment))
     if strategy == "linear_probe":
         feats = train_features if train_features is not None else cached_features(model, train, device=device)
         model.head, _ = train_linear_head(feats, num_classes=num_classes, epochs=recipe.head_epochs,
@@ -413,7 +419,7 @@ def _code_fingerprint() -> str:
     from pathlib import Path
 
     h = hashlib.blake2b(digest_size=8)
-    for name in ("tlutils.finetune", "tlutils.features", "tlutils.models", "tlutils.train"):
+    for name in ("tlutils.finetune", "tlutils.features", "tlutils.models", "tlutils.train", "tlutils.augment"):
         h.update(Path(importlib.import_module(name).__file__).read_bytes())
     return h.hexdigest()
 
@@ -430,11 +436,23 @@ def _run_identity(recipe: Recipe, source: nn.Module, train, test, head_hidden: i
             "threads": torch.get_num_threads() if device.type == "cpu" else None}
 
 
+RECIPE_FIELDS = {
+    "scratch": ("epochs", "batch_size", "min_epoch", "weight_decay", "augment", "lr_scratch"),
+    "finetune": ("epochs", "batch_size", "min_epoch", "weight_decay", "augment", "lr_finetune"),
+    "staged": ("epochs", "batch_size", "min_epoch", "weight_decay", "augment", "lr_staged", "factor"),
+    "linear_probe": ("head_epochs", "lr_head", "weight_decay"),
+}
+"""The recipe fields each strategy's training reads: a run's cache key holds only these, so changing one
+strategy's rate (chapter 03 tunes staged's) leaves the other strategies' cached runs valid."""
+
+
 def _run_key(identity: dict, strategy: str, k: int, seed: int) -> str:
     import hashlib
     import json
 
-    fields = {**identity, "strategy": strategy, "k": int(k), "seed": int(seed)}
+    recipe = identity.get("recipe", {})
+    fields = {**identity, "recipe": {f: recipe[f] for f in RECIPE_FIELDS[strategy] if f in recipe},
+              "strategy": strategy, "k": int(k), "seed": int(seed)}
     return f"{strategy}-k{k}-s{seed}-" + hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -496,6 +514,25 @@ def label_budget_curve(source: nn.Module, train, test, *, strategies: Sequence[s
     if bar is not None:
         bar.close()
     return out
+
+
+def select_lr(source: nn.Module, train, val, *, strategy: str, lrs: Sequence[float], k: int, seed: int = 0,
+              recipe: Recipe = Recipe(), device: str | torch.device | None = None) -> tuple[float, dict[float, float]]:
+    """Choose ``strategy``'s peak learning rate on a validation split: train once per rate on
+    ``train.per_class(k, seed)`` and score on ``val``. Returns ``(best rate, {rate: val accuracy})``
+    (ties go to the first rate listed). Runs are cached like ``label_budget_curve``'s (keyed by ``val``)."""
+    from dataclasses import replace
+
+    field = {"scratch": "lr_scratch", "finetune": "lr_finetune", "staged": "lr_staged"}.get(strategy)
+    if field is None:
+        raise ValueError(f"select_lr tunes a trained strategy (scratch, finetune, staged), not {strategy!r}")
+    scores = {}
+    for lr in lrs:
+        run = label_budget_curve(source, train, val, strategies=(strategy,), budgets=[k], seeds=[seed],
+                                 recipe=replace(recipe, **{field: lr}), device=device, progress=False)
+        scores[lr] = run[strategy][int(k)][0]
+    best = max(scores, key=lambda lr: (scores[lr], -list(lrs).index(lr)))
+    return best, scores
 
 
 def summarise(curve: dict[str, dict[int, list[float]]]) -> list[dict]:

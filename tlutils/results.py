@@ -87,3 +87,22 @@ def mean_std(values) -> tuple[float, float]:
 
     arr = np.asarray(list(values), dtype=float)
     return float(arr.mean()), (float(arr.std(ddof=1)) if len(arr) > 1 else 0.0)
+
+
+def paired_difference(a, b, confidence: float = 0.95) -> dict:
+    """Mean of the paired differences ``a[i] - b[i]`` with its t confidence interval.
+
+    Pairs share everything but the method (same seed: same labelled subset, same head init), so the
+    seed-to-seed spread cancels. Returns ``{"mean", "sd", "n", "half_width", "low", "high"}``:
+    ``half_width = t_{(1+confidence)/2, n-1} * sd / sqrt(n)`` (needs n >= 2).
+    """
+    import numpy as np
+    from scipy import stats
+
+    a, b = np.asarray(list(a), dtype=float), np.asarray(list(b), dtype=float)
+    if a.shape != b.shape or len(a) < 2:
+        raise ValueError(f"need two equally long lists of >= 2 paired values, got {len(a)} and {len(b)}")
+    d = a - b
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+    half = float(stats.t.ppf((1 + confidence) / 2, len(d) - 1) * sd / np.sqrt(len(d)))
+    return {"mean": mean, "sd": sd, "n": len(d), "half_width": half, "low": mean - half, "high": mean + half}

@@ -269,6 +269,7 @@ def fit(
     weight_decay: float = 1e-4,
     channels_last: bool | None = None,
     compile: bool = False,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> History:
     """Train ``model`` for ``epochs`` on ``train``; evaluate on ``val`` after each epoch.
 
@@ -279,6 +280,8 @@ def fit(
     On CUDA: autocast (``amp``) and channels_last by default; ``compile=True`` runs the training
     forward through ``torch.compile`` (worth it for long GPU runs, not for the quick profile).
     Under torchrun the model is wrapped in DDP; ``batch_size`` is then the global batch.
+    ``augment(x) -> x`` (e.g. ``tlutils.augment.affine_jitter()``) transforms each training batch on the
+    device, fresh every step; ``val`` (and ``evaluate``/``predict``) always see the unaugmented data.
     """
     from tlutils.config import get_device, smoke_cap
 
@@ -339,6 +342,9 @@ def fit(
         seen = 0
         pending: list[tuple[int, dict]] = []
         for x, y in batches:
+            if augment is not None:
+                with torch.no_grad():
+                    x = augment(x)
             if channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             _call(callbacks, "on_batch_start", state)

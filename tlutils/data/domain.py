@@ -99,6 +99,21 @@ class Domain:
         picks = [rng.permutation(np.flatnonzero(y == c))[:k] for c in range(self.num_classes)]
         return torch.from_numpy(np.concatenate(picks).astype(np.int64))
 
+    def split_validation(self, per_class: int, seed: int = 0) -> tuple[Domain, Domain]:
+        """``(rest, validation)``: a fixed, stratified validation split of ``per_class`` examples per class.
+
+        Choose learning rates, epochs and settings on ``validation``; draw labelled subsets from ``rest``;
+        read the test split only for the numbers you report.
+        """
+        index = self.per_class_index(per_class, seed)
+        keep = torch.ones(len(self), dtype=torch.bool)
+        keep[index] = False
+        rest, val = self.subset(keep.to(self.y.device)), self.subset(index)
+        rest.split, val.split = f"{self.split}-minus-val", f"{self.split}-val"
+        rest.info = {**self.info, "val_per_class": int(per_class), "val_seed": int(seed)}
+        val.info = {**self.info, "per_class": int(per_class), "per_class_seed": int(seed)}
+        return rest, val
+
     def per_class(self, k: int, seed: int = 0) -> Domain:
         """Stratified labelled subset: ``k`` examples of every class (the label budgets of chapters 01-03)."""
         out = self.subset(self.per_class_index(k, seed))
