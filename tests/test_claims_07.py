@@ -54,3 +54,16 @@ def test_keeps_more_source_accuracy_than_sequential_at_comparable_target_accurac
     assert kept > lost + margin, f"{method} glyph accuracy {kept:.3f}, sequential {lost:.3f} (margin {margin:.3f})"
     target, seq = r[f"target_acc.{method}"], r["target_acc.sequential"]
     assert target >= seq - 0.03, f"{method} digit accuracy {target:.3f} should be comparable to sequential {seq:.3f}"
+
+
+def test_the_transfer_set_carries_more_than_the_labelled_images(quick_results):
+    r = quick_results[CHAPTER]
+    gain = r["student_acc.kd_transfer"] - r["student_acc.kd"]
+    spread = r["student_acc.kd_transfer.std"] + r["student_acc.kd.std"]
+    assert gain > spread, f"transfer set vs labelled images only: gain {gain:.3f}, summed stds {spread:.3f}"
+
+
+def test_the_student_runs_faster_on_the_cpu(quick_results):
+    r = quick_results[CHAPTER]
+    assert r["inference_ms.student"] < r["inference_ms.teacher"], (
+        f"student {r['inference_ms.student']:.1f} ms vs teacher {r['inference_ms.teacher']:.1f} ms per 256 images")
