@@ -1,0 +1,271 @@
+"""Knowledge distillation and keeping an old task: the methods of chapter 07.
+
+* ``kd_loss``: Hinton, Vinyals & Dean (2015). A student learns from a teacher's softened outputs,
+
+      loss = alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T)) + (1 - alpha) * CE(z_s, y),
+
+  where the cross-entropy covers only the labelled examples of a batch (label ``UNLABELLED`` = -1
+  marks the others). The ``T^2`` keeps the soft term's gradient the same size whatever ``T`` is.
+* ``distil``: train a student with that loss on images whose teacher logits were computed once.
+* ``MultiHead``: one shared backbone with a head per task (``"source"``, ``"target"``).
+* ``multitask`` (joint training on both tasks) and ``learning_without_forgetting`` (Li & Hoiem 2016:
+  fine-tune on the target while distilling the old head's own outputs on the target images), the
+  two remedies for the forgetting of sequential fine-tuning (chapter 02).
+
+Training goes through ``tlutils.train.fit`` with a ``step_fn``; the examples of a training set carry
+their row number as "label", so a step can look up the row's teacher logits and true label.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tlutils.finetune import Recipe, one_cycle, tile
+from tlutils.models import Classifier, make_head, resnet_small
+from tlutils.train import fit, predict
+
+UNLABELLED = -1
+"""Label of an example whose class the student may not see (it only gets the teacher's outputs)."""
+
+
+# ----------------------------------------------------------------------------- the loss
+
+
+def soft_targets(logits: Tensor, T: float) -> Tensor:
+    """The temperature-softened class probabilities ``softmax(z / T)``."""
+    return F.softmax(logits / T, dim=1)
+
+
+def distillation_term(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
+    """``T^2 * KL(softmax(z_t/T) || softmax(z_s/T))``, averaged over the batch (no gradient to the teacher)."""
+    if T <= 0:
+        raise ValueError(f"temperature T must be positive, got {T}")
+    log_p_student = F.log_softmax(student_logits / T, dim=1)
+    log_p_teacher = F.log_softmax(teacher_logits.detach() / T, dim=1)
+    kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+    return T**2 * kl
+
+
+def labelled_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy over the examples whose label is not ``UNLABELLED`` (0 when there are none)."""
+    known = labels != UNLABELLED
+    if not known.any():
+        return logits.sum() * 0.0  # keeps the graph, contributes nothing
+    return F.cross_entropy(logits[known], labels[known])
+
+
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor | None = None, *,
+            T: float = 4.0, alpha: float = 0.9) -> Tensor:
+    """Hinton et al.'s loss: ``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels)``.
+
+    ``labels=None`` (or all ``UNLABELLED``) leaves the soft term only. ``alpha=0`` is plain cross-entropy.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    soft = distillation_term(student_logits, teacher_logits, T)
+    if labels is None:
+        return alpha * soft
+    return alpha * soft + (1 - alpha) * labelled_cross_entropy(student_logits, labels)
+
+
+# ----------------------------------------------------------------------------- students
+
+
+def distillation_splits(train, k: int, val_per_class: int, seed: int = 0):
+    """``(labelled, val, unlabelled)`` Domains from ``train``: ``k`` labels per class (``train.per_class(k, seed)``,
+    the subset chapter 02 fine-tunes on), ``val_per_class`` held-out validation images per class from the
+    rest, and everything left as the unlabelled pool (its labels stay in the Domain but are never used)."""
+    labelled_index = train.per_class_index(k, seed)
+    rest = torch.ones(len(train), dtype=torch.bool)
+    rest[labelled_index] = False
+    rest = train.subset(rest.to(train.x.device))
+    val_index = rest.per_class_index(val_per_class, seed)
+    pool = torch.ones(len(rest), dtype=torch.bool)
+    pool[val_index] = False
+    return train.subset(labelled_index), rest.subset(val_index), rest.subset(pool.to(train.x.device))
+
+
+def transfer_set(labelled, unlabelled) -> tuple[Tensor, Tensor]:
+    """Images ``x`` of both sets and labels ``y`` with ``UNLABELLED`` for every image of ``unlabelled``."""
+    hidden = torch.full((len(unlabelled),), UNLABELLED, dtype=labelled.y.dtype, device=labelled.y.device)
+    return torch.cat([labelled.x, unlabelled.x]), torch.cat([labelled.y, hidden])
+
+
+
+def small_student(num_classes: int, widths: tuple[int, ...] = (6, 12, 24, 48)) -> Classifier:
+    """The teacher's architecture (``resnet_small``) at a quarter of the width: ~16x fewer parameters."""
+    backbone = resnet_small(widths=widths)
+    return Classifier(backbone, make_head(backbone.out_features, num_classes))
+
+
+def repeat_to(n: int, *tensors: Tensor) -> tuple[Tensor, ...]:
+    """Repeat the rows of each tensor cyclically to exactly ``n`` rows (equal-sized training sets give equal steps)."""
+    if not tensors or len(tensors[0]) == 0:
+        raise ValueError("repeat_to needs at least one non-empty tensor")
+    index = torch.arange(n, device=tensors[0].device) % len(tensors[0])
+    return tuple(t[index] for t in tensors)
+
+
+class DistilStep:
+    """``step_fn`` for ``fit``: the batch is ``(images, rows)``; ``rows`` index ``teacher_logits`` and ``labels``."""
+
+    def __init__(self, teacher_logits: Tensor, labels: Tensor, *, T: float, alpha: float):
+        self.teacher_logits, self.labels, self.T, self.alpha = teacher_logits, labels, T, alpha
+
+    def __call__(self, model: nn.Module, batch, state) -> dict:
+        x, rows = batch
+        z_teacher = self.teacher_logits.to(x.device)[rows]
+        y = self.labels.to(x.device)[rows]
+        z = model(x)
+        loss = kd_loss(z.float(), z_teacher.float(), y, T=self.T, alpha=self.alpha)
+        with torch.no_grad():
+            agree = (z.argmax(1) == z_teacher.argmax(1)).float().mean()
+        return {"loss": loss, "teacher_agreement": agree}
+
+
+def distil(student: nn.Module, x: Tensor, teacher_logits: Tensor, labels: Tensor, *, epochs: int,
+           T: float = 4.0, alpha: float = 0.9, lr: float = 3e-3, batch_size: int = 64, seed: int = 0,
+           device=None, progress: bool | None = False):
+    """Train ``student`` on images ``x`` with ``kd_loss`` (AdamW, one-cycle rate); returns fit's ``History``.
+
+    ``teacher_logits`` and ``labels`` (``UNLABELLED`` where unknown) have one row per image. ``alpha=0``
+    trains on the labels only, ignoring the teacher. The number of steps is ``epochs * len(x) // batch_size``.
+    """
+    if not len(x) == len(teacher_logits) == len(labels):
+        raise ValueError(f"x, teacher_logits and labels need one row per image: {len(x)}, "
+                         f"{len(teacher_logits)}, {len(labels)}")
+    torch.manual_seed(seed)
+    rows = torch.arange(len(x), device=x.device)
+    opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * (len(x) // batch_size if len(x) > batch_size else 1)
+    return fit(student, (x, rows), epochs=epochs, optimizer=opt, scheduler=one_cycle(opt, steps),
+               batch_size=batch_size, step_fn=DistilStep(teacher_logits, labels, T=T, alpha=alpha),
+               device=device, seed=seed, progress=progress, desc=f"distil T={T} alpha={alpha}")
+
+
+@torch.no_grad()
+def inference_ms(model: nn.Module, x: Tensor, *, repeats: int = 5) -> float:
+    """Median wall time in milliseconds of one forward pass over ``x`` (eval mode, after one warm-up pass)."""
+    model.eval()
+    model(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(x)
+        times.append(time.perf_counter() - start)
+    return 1000 * sorted(times)[len(times) // 2]
+
+
+# ----------------------------------------------------------------------------- keeping the source task
+
+
+class MultiHead(nn.Module):
+    """A shared ``backbone`` and one head per task; ``forward(x, task)`` gives that task's logits."""
+
+    def __init__(self, backbone: nn.Module, heads: dict[str, nn.Module], default: str = "target"):
+        super().__init__()
+        self.backbone = backbone
+        self.heads = nn.ModuleDict(heads)
+        self.default = default
+
+    def forward(self, x: Tensor, task: str | None = None) -> Tensor:
+        return self.heads[task or self.default](self.backbone(x))
+
+    def classifier(self, task: str) -> Classifier:
+        """A ``Classifier`` view (shared weights, no copy) of one task, for ``evaluate`` / ``accuracy``."""
+        return Classifier(self.backbone, self.heads[task])
+
+
+def two_task_model(source: Classifier, num_classes: int, seed: int = 0) -> MultiHead:
+    """A copy of the source model with its head kept as ``"source"`` and a new ``"target"`` head."""
+    torch.manual_seed(seed)
+    backbone = copy.deepcopy(source.backbone)
+    return MultiHead(backbone, {"source": copy.deepcopy(source.head),
+                                "target": make_head(backbone.out_features, num_classes)})
+
+
+class MultiTaskStep:
+    """``step_fn``: the batch is target ``(x, y)``; the step adds an equal-sized source batch of its own.
+
+    loss = CE(target head, y_target) + weight * CE(source head, y_source). Both batches go through the
+    backbone together, so batch norm sees (and keeps statistics of) both domains.
+    """
+
+    def __init__(self, source_x: Tensor, source_y: Tensor, *, weight: float = 1.0, seed: int = 0):
+        self.source_x, self.source_y, self.weight = source_x, source_y, weight
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __call__(self, model: MultiHead, batch, state) -> dict:
+        x_t, y_t = batch
+        if self.source_x.device != x_t.device:
+            self.source_x, self.source_y = self.source_x.to(x_t.device), self.source_y.to(x_t.device)
+        pick = torch.randint(len(self.source_x), (len(x_t),), generator=self.gen).to(x_t.device)
+        x_s, y_s = self.source_x[pick], self.source_y[pick]
+        feats = model.backbone(torch.cat([x_t, x_s]))
+        target_loss = F.cross_entropy(model.heads["target"](feats[: len(x_t)]).float(), y_t)
+        source_loss = F.cross_entropy(model.heads["source"](feats[len(x_t):]).float(), y_s)
+        return {"loss": target_loss + self.weight * source_loss, "target_loss": target_loss.detach(),
+                "source_loss": source_loss.detach()}
+
+
+class LwFStep:
+    """``step_fn``: the batch is ``(x, rows)`` of target images; ``rows`` index ``labels`` and ``old_logits``.
+
+    loss = CE(target head, y) + weight * T^2 * KL(old_T || source head_T) on the same target images,
+    where ``old_logits`` are the source head's outputs recorded before fine-tuning started.
+    """
+
+    def __init__(self, labels: Tensor, old_logits: Tensor, *, T: float = 2.0, weight: float = 1.0):
+        self.labels, self.old_logits, self.T, self.weight = labels, old_logits, T, weight
+
+    def __call__(self, model: MultiHead, batch, state) -> dict:
+        x, rows = batch
+        feats = model.backbone(x)
+        new_loss = F.cross_entropy(model.heads["target"](feats).float(), self.labels.to(x.device)[rows])
+        old_loss = distillation_term(model.heads["source"](feats).float(), self.old_logits.to(x.device)[rows], self.T)
+        return {"loss": new_loss + self.weight * old_loss, "target_loss": new_loss.detach(),
+                "old_task_loss": old_loss.detach()}
+
+
+def _fit_recipe(model: MultiHead, data, step_fn, recipe: Recipe, seed: int, device, desc: str) -> None:
+    """Chapter 02's fine-tuning schedule: ``recipe.epochs`` at peak rate ``recipe.lr_finetune``, one-cycle."""
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr_finetune, weight_decay=recipe.weight_decay)
+    n = len(data[0])
+    steps = recipe.epochs * (n // recipe.batch_size if n > recipe.batch_size else 1)
+    fit(model, data, epochs=recipe.epochs, optimizer=opt, scheduler=one_cycle(opt, steps),
+        batch_size=recipe.batch_size, step_fn=step_fn, device=device, seed=seed, progress=False, desc=desc)
+    model.eval()
+
+
+def multitask(source: Classifier, target, source_train, *, recipe: Recipe = Recipe(), weight: float = 1.0,
+              seed: int = 0, device=None) -> MultiHead:
+    """Train the source backbone jointly on labelled ``target`` and on ``source_train`` (the old task's data).
+
+    Same steps and rates as chapter 02's fine-tuning (``recipe``); each step also sees a source batch.
+    """
+    model = two_task_model(source, target.num_classes, seed)
+    x, y = tile((target.x, target.y), recipe.min_epoch)
+    step = MultiTaskStep(source_train.x, source_train.y, weight=weight, seed=seed)
+    _fit_recipe(model, (x, y), step, recipe, seed, device, "multi-task")
+    return model
+
+
+def learning_without_forgetting(source: Classifier, target, *, recipe: Recipe = Recipe(), T: float = 2.0,
+                                weight: float = 1.0, seed: int = 0, device=None) -> MultiHead:
+    """Li & Hoiem (2016): fine-tune on labelled ``target`` while the source head keeps its own outputs on them.
+
+    No source images are needed: the old head's logits on the target images, recorded before training,
+    are the distillation targets. Same steps and rates as chapter 02's fine-tuning (``recipe``).
+    """
+    model = two_task_model(source, target.num_classes, seed)
+    old_logits = predict(model.classifier("source"), target, device=device)
+    rows = torch.arange(len(target), device=target.x.device)
+    x, rows = tile((target.x, rows), recipe.min_epoch)
+    step = LwFStep(target.y, old_logits, T=T, weight=weight)
+    _fit_recipe(model, (x, rows), step, recipe, seed, device, "LwF")
+    return model
