@@ -26,7 +26,7 @@ import numpy as np
 from tlutils.config import REPO_ROOT
 
 SMOKE_RUNS_DIR = REPO_ROOT / "runs" / "smoke"
-SMOKE_CHAPTERS = ("00", "01", "02", "03", "04", "05", "06")
+SMOKE_CHAPTERS = ("00", "01", "02", "03", "04", "05", "06", "07")
 """Chapters the smoke test runs (all of them)."""
 FOLDER_CLASSES = {"cat": "chelsea", "rocket": "rocket"}
 """The fake image folder: class name -> scikit-image photo its images are cropped from."""
