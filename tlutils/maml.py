@@ -742,6 +742,7 @@ def protonet_train(
 
     Returns per-step ``loss`` and ``acc`` lists plus ``seconds``, like ``meta_train``.
     """
+    meta_steps = smoke_cap(meta_steps)  # a handful under TLUTILS_SMOKE=1
     gen = torch.Generator().manual_seed(seed)
     device = next(features.parameters()).device
     optimizer = torch.optim.Adam(features.parameters(), lr=lr)
