@@ -19,6 +19,17 @@ def _quiet_progress(monkeypatch):
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread (thread start-up and spinning dominate otherwise)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def tmp_data(tmp_path, monkeypatch):
     """A fresh, empty data dir (``TLUTILS_DATA``) for tests that build caches."""
     monkeypatch.setenv("TLUTILS_DATA", str(tmp_path / "data"))

@@ -166,15 +166,6 @@ def _toy_domains(seed: int, n: int = 512):
     return make(False), make(True)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models run fastest on one thread (thread start-up and spinning dominate otherwise)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_dann_suppresses_the_domain_feature_and_lowers_target_error(one_thread):
     """Source-only leans on the shortcut feature 0 and fails on the target, where it only says "target";
     DANN's domain classifier sees feature 0 too, so the reversed gradient strips it from the features."""

@@ -13,14 +13,6 @@ from tlutils.models import Classifier, build_model, count_parameters, make_head,
 from tlutils.train import accuracy
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def logits(seed: int = 0, n: int = 16, c: int = 5, scale: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return scale * torch.randn(n, c, generator=g, dtype=torch.float64), scale * torch.randn(n, c, generator=g,
