@@ -18,8 +18,9 @@ import argparse
 import torch
 
 import tlutils
+from tlutils.distributed import dist_info, init_distributed, is_main_process
 from tlutils.models import Classifier, make_head, save_checkpoint
-from tlutils.train import dist_info, evaluate, fit, init_distributed, is_main_process
+from tlutils.train import evaluate, fit
 
 
 def load_task(cfg, download: bool):

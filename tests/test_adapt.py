@@ -1,4 +1,4 @@
-"""Unit tests of tlutils.adapt: schedules of progress, target batches, per-domain forwards, AdaBN, the recipe."""
+"""Unit tests of tlutils.adapt: target batches, per-domain forwards, AdaBN, the recipe."""
 
 from __future__ import annotations
 
@@ -10,56 +10,15 @@ import torch
 from torch import nn
 
 from tlutils.adapt import (
-    AnnealLR,
     Recipe,
     TargetBatches,
     adabn,
-    annealed_lr,
     domain_features,
     dynamic_weight,
     infinite_batches,
-    lr_factor,
-    ramp,
     recipe_for,
 )
 from tlutils.models import ganin_cnn
-
-
-def test_ramp_at_0_half_1_and_with_delay():
-    assert ramp(0.0) == 0.0
-    assert ramp(0.5) == pytest.approx(2 / (1 + math.exp(-5)) - 1) == pytest.approx(math.tanh(2.5))
-    assert ramp(1.0) == pytest.approx(0.9999092, abs=1e-7)
-    assert ramp(0.5, gamma=0.0) == 0.0
-    assert ramp(0.2, delay=0.2) == 0.0 and ramp(0.1, delay=0.2) == 0.0
-    assert ramp(0.6, delay=0.2) == pytest.approx(ramp(0.5))  # q = (0.6 - 0.2) / 0.8 = 0.5
-    with pytest.raises(ValueError, match="delay"):
-        ramp(0.5, delay=1.0)
-
-
-def test_lr_schedule_at_0_half_1():
-    assert lr_factor(0.0) == 1.0
-    assert lr_factor(0.5) == pytest.approx(6**-0.75)
-    assert lr_factor(1.0) == pytest.approx(11**-0.75)
-    assert annealed_lr(1.0, mu0=0.01) == pytest.approx(0.01 / 11**0.75)
-    assert annealed_lr(0.5, mu0=1.0, alpha=2.0, beta=1.0) == pytest.approx(0.5)
-
-
-@pytest.mark.parametrize("fn", [ramp, lr_factor])
-def test_schedules_reject_progress_outside_unit_interval(fn):
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        fn(1.5)
-
-
-def test_anneal_lr_callback_follows_progress():
-    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
-    cb, state = AnnealLR(), SimpleNamespace(optimizer=opt, progress=0.0)
-    cb.on_fit_start(state)
-    for p in (0.0, 0.5, 1.0):
-        state.progress = p
-        cb.on_batch_start(state)
-        assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * lr_factor(p))
-    cb.on_fit_end(state)
-    assert opt.param_groups[0]["lr"] == 0.1
 
 
 def test_infinite_batches_cover_every_index_each_pass():

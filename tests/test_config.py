@@ -48,5 +48,5 @@ def test_seeding_is_reproducible():
 
 def test_setup_and_pick(tmp_data):
     cfg = tlutils.setup("quick", seed=1, device="cpu")
-    assert cfg.pick(quick=1, full=2) == 1 and not cfg.amp and cfg.data_dir == tmp_data
+    assert cfg.pick(quick=1, full=2) == 1 and cfg.data_dir == tmp_data
     assert tlutils.setup("full", device="cpu").pick(quick=1, full=2) == 2

@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from tlutils.adapt import Recipe, fit_recipe, ramp
+from tlutils.adapt import Recipe, fit_recipe
 from tlutils.dann import DANN, DANNStep, GradientReversal, grad_reverse, train_dann
 from tlutils.models import Classifier, ganin_cnn
+from tlutils.schedules import ramp
 from tlutils.train import evaluate
 
 # ----------------------------------------------------------------------------- gradient reversal

@@ -12,7 +12,8 @@ SCRIPT = textwrap.dedent('''
     import json, sys
     import torch
     from torch import nn
-    from tlutils.train import dist_info, evaluate, fit, init_distributed, is_main_process
+    from tlutils.distributed import dist_info, init_distributed, is_main_process
+    from tlutils.train import evaluate, fit
 
     device = init_distributed()
     torch.manual_seed(0)

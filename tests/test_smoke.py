@@ -23,7 +23,7 @@ def test_switches_by_profile_and_smoke(monkeypatch):
     assert quick.pick(quick=1, full=2, smoke=3) == 1
     monkeypatch.setenv("TLUTILS_SMOKE", "1")
     smoke = setup("full", device="cpu")
-    assert smoke.smoke and not smoke.download and not smoke.verify and smoke.amp
+    assert smoke.smoke and not smoke.download and not smoke.verify
     assert smoke.pick(quick=1, full=2, smoke=3) == 3 and smoke.pick(quick=1, full=2) == 2
     assert setup("quick").pick(quick=1, full=2, smoke=3) == 1  # smoke never changes quick's sizes
 

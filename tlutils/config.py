@@ -128,11 +128,6 @@ class Setup:
         return smoke if (self.smoke and smoke is not _UNSET) else full
 
     @property
-    def amp(self) -> bool:
-        """Mixed precision on CUDA (bf16 where supported, else fp16 with a scaler); bf16 on CPU at smoke scale."""
-        return self.device.type == "cuda" or self.smoke
-
-    @property
     def download(self) -> bool:
         """Whether online files may be downloaded: in the full profile only, never at smoke scale.
 

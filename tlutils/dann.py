@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tlutils.adapt import Recipe, TargetBatches, domain_features, dynamic_weight, fit_recipe, ramp
+from tlutils.adapt import Recipe, TargetBatches, domain_features, dynamic_weight, fit_recipe
 from tlutils.models import Classifier, mlp
+from tlutils.schedules import ramp
 from tlutils.train import History
 
 # ----------------------------------------------------------------------------- gradient reversal

@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tlutils.finetune import Recipe, one_cycle, tile
+from tlutils.finetune import Recipe, tile
 from tlutils.models import Classifier, make_head, resnet_small
+from tlutils.schedules import LRSchedule, one_cycle
 from tlutils.train import fit, predict
 
 UNLABELLED = -1
@@ -142,8 +143,7 @@ def distil(student: nn.Module, x: Tensor, teacher_logits: Tensor, labels: Tensor
     torch.manual_seed(seed)
     rows = torch.arange(len(x), device=x.device)
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * (len(x) // batch_size if len(x) > batch_size else 1)
-    return fit(student, (x, rows), epochs=epochs, optimizer=opt, scheduler=one_cycle(opt, steps),
+    return fit(student, (x, rows), epochs=epochs, optimizer=opt, callbacks=[LRSchedule(one_cycle)],
                batch_size=batch_size, step_fn=DistilStep(teacher_logits, labels, T=T, alpha=alpha),
                device=device, seed=seed, progress=progress, desc=f"distil T={T} alpha={alpha}")
 
@@ -235,9 +235,7 @@ class LwFStep:
 def _fit_recipe(model: MultiHead, data, step_fn, recipe: Recipe, seed: int, device, desc: str) -> None:
     """Chapter 02's fine-tuning schedule: ``recipe.epochs`` at peak rate ``recipe.lr_finetune``, one-cycle."""
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr_finetune, weight_decay=recipe.weight_decay)
-    n = len(data[0])
-    steps = recipe.epochs * (n // recipe.batch_size if n > recipe.batch_size else 1)
-    fit(model, data, epochs=recipe.epochs, optimizer=opt, scheduler=one_cycle(opt, steps),
+    fit(model, data, epochs=recipe.epochs, optimizer=opt, callbacks=[LRSchedule(one_cycle)],
         batch_size=recipe.batch_size, step_fn=step_fn, device=device, seed=seed, progress=False, desc=desc)
     model.eval()
 

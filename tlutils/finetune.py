@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -28,6 +27,9 @@ import torch
 from torch import nn
 
 from tlutils.atomic import atomic_write_text
+from tlutils.models import make_head
+from tlutils.schedules import LRSchedule, one_cycle
+from tlutils.train import History, fit
 
 HEAD = "head"
 ULMFIT_FACTOR = 2.6
@@ -114,7 +116,6 @@ def replace_head(model: nn.Module, num_classes: int, hidden: int | None = None, 
 
     The two-layer head is the one many tutorials use in a common ResNet-50 recipe; the old head is discarded.
     """
-    from tlutils.models import make_head
 
     head = make_head(model.backbone.out_features, num_classes, hidden=hidden, dropout=dropout)
     model.head = head.to(next(model.backbone.parameters()).device)
@@ -169,27 +170,6 @@ def discriminative_groups(model: nn.Module, lr: float, factor: float = ULMFIT_FA
 def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     """Current learning rate of each named parameter group."""
     return {g.get("name", f"group{i}"): g["lr"] for i, g in enumerate(optimizer.param_groups)}
-
-
-def one_cycle(optimizer: torch.optim.Optimizer, total_steps: int, pct_start: float = 0.25,
-              div_factor: float = 10.0, final_div_factor: float = 100.0) -> torch.optim.lr_scheduler.LambdaLR:
-    """One-cycle schedule: linear warm-up from ``lr / div_factor`` to each group's own ``lr`` over the first
-    ``pct_start`` of the steps, then cosine decay to ``lr / final_div_factor``.
-
-    It scales every group by the same factor, so discriminative ratios hold throughout; its warm-up
-    plays the part of ULMFiT's slanted triangular rates. Works for any number of steps (even 1).
-    """
-    total = max(1, int(total_steps))
-    warm = max(1, round(pct_start * total))
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return 1 / div_factor + (1 - 1 / div_factor) * step / warm
-        t = min(1.0, (step - warm) / max(1, total - warm))
-        low = 1 / final_div_factor
-        return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * t))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 # ----------------------------------------------------------------------------- gradual unfreezing
@@ -250,10 +230,6 @@ class GradualUnfreezing:
         for name in self.order:
             new = [p for p in table[name].parameters() if p.requires_grad and id(p) not in known]
             if new:
-                if state.scheduler is not None:
-                    warnings.warn(f"adding part {name!r} to the optimizer after the scheduler was built; build the "
-                                  "optimizer with discriminative_groups(model, ...) so the schedule covers it",
-                                  stacklevel=3)
                 state.optimizer.add_param_group({"params": new, "lr": lrs[name], "name": name})
 
 
@@ -264,23 +240,11 @@ def staged_unfreezing(model: nn.Module, train, *, epochs: int, lr: float = 1e-3,
 
     ``fit_kwargs`` go to ``fit`` (``val``, ``batch_size``, ``device``, ``seed``, ``callbacks``...).
     """
-    from tlutils.train import fit
-
     schedule_cb = GradualUnfreezing(order=order, every=every, lr=lr, factor=factor)
     opt = torch.optim.AdamW(discriminative_groups(model, lr, factor, order), lr=lr, weight_decay=weight_decay)
-    steps = epochs * _steps_per_epoch(train, fit_kwargs.get("batch_size", 128))
-    sched = one_cycle(opt, steps) if schedule else None
-    callbacks = [schedule_cb, *fit_kwargs.pop("callbacks", ())]
-    history = fit(model, train, epochs=epochs, optimizer=opt, scheduler=sched, callbacks=callbacks, **fit_kwargs)
+    callbacks = [schedule_cb, *([LRSchedule(one_cycle)] if schedule else []), *fit_kwargs.pop("callbacks", ())]
+    history = fit(model, train, epochs=epochs, optimizer=opt, callbacks=callbacks, **fit_kwargs)
     return history, schedule_cb
-
-
-def _steps_per_epoch(train, batch_size: int) -> int:
-    from tlutils.train import _num_batches, as_tensors
-
-    tensors = as_tensors(train)
-    n = len(tensors[0]) if tensors is not None else None
-    return _num_batches(train, n, batch_size, drop_last=n is not None and n > batch_size)
 
 
 def fine_tune(model: nn.Module, train, *, epochs: int, lr: float = 1e-3, freeze_epochs: int = 1,
@@ -291,9 +255,6 @@ def fine_tune(model: nn.Module, train, *, epochs: int, lr: float = 1e-3, freeze_
 
     Each phase has its own one-cycle schedule. Returns one ``History`` whose rows carry ``phase``.
     """
-    from tlutils.train import History, fit
-
-    batch_size = fit_kwargs.get("batch_size", 128)
     history = History()
     phases = [("frozen", freeze_epochs, lr, True), ("unfrozen", epochs, unfrozen_lr or lr / 2, False)]
     for phase, n_epochs, peak, frozen in phases:
@@ -304,8 +265,8 @@ def fine_tune(model: nn.Module, train, *, epochs: int, lr: float = 1e-3, freeze_
             freeze(model)
         opt = torch.optim.AdamW(discriminative_groups(model, peak, factor, trainable_only=True), lr=peak,
                                 weight_decay=weight_decay)
-        h = fit(model, train, epochs=n_epochs, optimizer=opt,
-                scheduler=one_cycle(opt, n_epochs * _steps_per_epoch(train, batch_size)), **fit_kwargs)
+        callbacks = [LRSchedule(one_cycle), *fit_kwargs.get("callbacks", ())]
+        h = fit(model, train, epochs=n_epochs, optimizer=opt, **{**fit_kwargs, "callbacks": callbacks})
         offset = len(history.epochs)
         history.epochs.extend({**r, "epoch": r["epoch"] + offset, "phase": phase} for r in h.epochs)
         history.steps.extend(h.steps)
@@ -363,8 +324,7 @@ def _fit_one_cycle(model: nn.Module, data, groups: list[dict], recipe: Recipe, *
     from tlutils.train import fit
 
     opt = torch.optim.AdamW(groups, weight_decay=recipe.weight_decay)
-    steps = recipe.epochs * _steps_per_epoch(data, recipe.batch_size)
-    return fit(model, data, epochs=recipe.epochs, optimizer=opt, scheduler=one_cycle(opt, steps), **fit_kwargs)
+    return fit(model, data, epochs=recipe.epochs, optimizer=opt, callbacks=[LRSchedule(one_cycle)], **fit_kwargs)
 
 
 def train_strategy(strategy: str, source: nn.Module, train, *, num_classes: int, recipe: Recipe = Recipe(),

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tlutils.adapt import Recipe, TargetBatches, domain_features, dynamic_weight, fit_recipe, ramp
+from tlutils.adapt import Recipe, TargetBatches, domain_features, dynamic_weight, fit_recipe
+from tlutils.schedules import ramp
 from tlutils.train import History
 
 ESTIMATORS = ("unbiased", "biased", "linear")

@@ -16,8 +16,9 @@ import torch
 
 from tlutils.config import Setup
 from tlutils.models import Classifier, build_model, load_checkpoint, save_checkpoint
+from tlutils.schedules import LRSchedule, one_cycle
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: one-cycle as a function of progress (tlutils.schedules), no momentum cycling
 
 
 def source_recipe(cfg: Setup) -> dict:
@@ -57,11 +58,16 @@ def load_source_data(cfg: Setup, recipe: dict | None = None):
     return train, test
 
 
+def pretrain_schedule(p: float) -> float:
+    """Learning-rate factor of pretraining at progress ``p``: 20 % warm-up from lr/25, cosine decay to lr/25e4."""
+    return one_cycle(p, pct_start=0.2, div_factor=25.0, final_div_factor=25e4)
+
+
 def pretrain_source(cfg: Setup, recipe: dict | None = None, data=None, progress: bool | None = None):
     """Train the source model from scratch; save it; return ``(model, history, metadata)``.
 
-    One-cycle learning rate (warm-up then cosine decay) with AdamW: the schedule that reaches a
-    good source accuracy in few epochs, which is what the quick profile needs.
+    One-cycle learning rate (:func:`pretrain_schedule`: warm-up then cosine decay) with AdamW: the
+    schedule that reaches a good source accuracy in few epochs, which is what the quick profile needs.
     """
     from tlutils.train import evaluate, fit
 
@@ -70,15 +76,13 @@ def pretrain_source(cfg: Setup, recipe: dict | None = None, data=None, progress:
     torch.manual_seed(recipe["seed"])
     model = build_model(recipe["arch"], train.num_classes, widths=tuple(recipe["widths"]))
     opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=5e-4)
-    steps = recipe["epochs"] * max(1, len(train) // recipe["batch_size"])  # fit drops the last partial batch
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe["lr"], total_steps=max(1, steps), pct_start=0.2)
     history = fit(
         model,
         train,
         val=test,
         epochs=recipe["epochs"],
         optimizer=opt,
-        scheduler=sched,
+        callbacks=[LRSchedule(pretrain_schedule)],
         batch_size=recipe["batch_size"],
         device=cfg.device,
         progress=progress,

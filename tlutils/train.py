@@ -3,7 +3,8 @@
 Small domains are tensors, so batches are cut on the device by index: no DataLoader workers and no
 per-sample Python on the hot path. On CUDA the loop uses autocast (bf16 where supported, else fp16
 with a gradient scaler) and channels_last. Chapters change what one step does through ``step_fn``
-(DANN, DAN) and react to training progress through callbacks (unfreezing schedules).
+(DANN, DAN) and react to training progress through callbacks (learning-rate schedules of
+``tlutils.schedules``, gradual unfreezing). Under torchrun, ``tlutils.distributed`` shares each batch.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DistributedSampler
+from tqdm.auto import tqdm
+
+from tlutils.config import get_device, smoke_cap, smoke_enabled
+from tlutils.distributed import all_reduce_sums, dist_info, is_main_process, shard, wrap_model
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -56,82 +62,11 @@ def tensor_batches(
         yield x[idx], y[idx]
 
 
-def _loader_batches(loader, device: torch.device) -> Iterator[Batch]:
-    for x, y in loader:
-        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-
-
-def _num_batches(data, n: int | None, batch_size: int, drop_last: bool) -> int:
-    if n is None:
-        return len(data)
-    return n // batch_size if (drop_last and n >= batch_size) else math.ceil(n / batch_size)
-
-
-# ----------------------------------------------------------------------------- distributed
-
-
-def dist_info() -> tuple[int, int]:
-    """``(rank, world_size)``: ``(0, 1)`` unless a torch.distributed process group is running (torchrun)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def is_main_process() -> bool:
-    """True on rank 0 (and always without torch.distributed): log, draw and save only there."""
-    return dist_info()[0] == 0
-
-
-def init_distributed(backend: str | None = None) -> torch.device:
-    """Join the process group torchrun set up (env ``RANK``/``WORLD_SIZE``); return this rank's device.
-
-    nccl with one GPU per rank when CUDA is present, gloo on CPU. A no-op outside torchrun.
-    """
-    if "RANK" not in os.environ or torch.distributed.is_initialized():
-        from tlutils.config import get_device
-
-        return get_device()
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-    torch.distributed.init_process_group(backend or ("nccl" if device.type == "cuda" else "gloo"))
-    return device
-
-
-def make_loader(dataset, batch_size: int, *, shuffle: bool = True, seed: int = 0, num_workers: int = 0):
-    """A DataLoader for datasets too large to hold as tensors: a DistributedSampler under torchrun,
-    pinned memory on CUDA (fit copies with ``non_blocking=True``)."""
-    rank, world = dist_info()
-    sampler = None
-    if world > 1:
-        sampler = torch.utils.data.DistributedSampler(dataset, world, rank, shuffle=shuffle, seed=seed)
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-        num_workers=num_workers, pin_memory=torch.cuda.is_available(), drop_last=shuffle,
-        persistent_workers=num_workers > 0,
-    )
-
-
-def _all_reduce_sums(sums: dict[str, torch.Tensor], seen: int, device: torch.device) -> tuple[dict, int]:
-    """Add the per-rank sums of logged values (and example counts) over all ranks."""
-    if dist_info()[1] == 1 or not sums:
-        return sums, seen
-    keys = sorted(sums)
-    packed = torch.stack([sums[k].float().to(device) for k in keys] + [torch.tensor(float(seen), device=device)])
-    torch.distributed.all_reduce(packed)
-    return {k: packed[i] for i, k in enumerate(keys)}, int(packed[-1].item())
-
-
 # ----------------------------------------------------------------------------- precision
 
 
 def default_amp(device: torch.device) -> bool:
     """Mixed precision unless told otherwise: on CUDA, and on the CPU at smoke scale (``TLUTILS_SMOKE=1``)."""
-    from tlutils.config import smoke_enabled
-
     return device.type == "cuda" or (device.type == "cpu" and smoke_enabled())
 
 
@@ -173,12 +108,6 @@ class History:
     def keys(self) -> set[str]:
         return {k for r in self.epochs for k in r}
 
-    def plot(self, keys: Iterable[str] | None = None, ax=None, title: str | None = None):
-        """Plot logged curves against epochs (see ``tlutils.plots.plot_history``)."""
-        from tlutils.plots import plot_history
-
-        return plot_history(self, keys=keys, ax=ax, title=title)
-
 
 @dataclass
 class FitState:
@@ -186,7 +115,6 @@ class FitState:
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: object | None
     epochs: int
     total_steps: int
     device: torch.device
@@ -194,11 +122,10 @@ class FitState:
     epoch: int = 0
     step: int = 0
     logs: dict = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)
 
     @property
     def progress(self) -> float:
-        """Training progress p in [0, 1] (used by DANN's schedules)."""
+        """Training progress p in [0, 1] (what every schedule of ``tlutils.schedules`` is a function of)."""
         return min(1.0, self.step / max(1, self.total_steps))
 
 
@@ -209,21 +136,11 @@ def _call(callbacks, hook: str, state: FitState) -> None:
             fn(state)
 
 
-def _to_floats(pending: list[tuple[int, dict]]) -> list[dict]:
-    """Turn buffered per-step tensor logs into float rows with one device sync per key."""
-    if not pending:
-        return []
-    keys = list(pending[0][1])
-    cols = {k: torch.stack([logs[k].float().reshape(()) for _, logs in pending]).tolist() for k in keys}
-    return [{"step": step, **{k: cols[k][i] for k in keys}} for i, (step, _) in enumerate(pending)]
-
-
-def supervised_step(model: nn.Module, batch: Batch, state: FitState, loss_fn=None) -> dict:
-    """Default step: loss of the model's output against the labels (+ accuracy for classes)."""
+def supervised_step(model: nn.Module, batch: Batch, state: FitState) -> dict:
+    """Default step: cross-entropy of the model's output against the labels, and the batch accuracy."""
     x, y = batch
     out = model(x)
-    loss = (loss_fn or F.cross_entropy)(out, y)
-    logs = {"loss": loss}
+    logs = {"loss": F.cross_entropy(out, y)}
     if out.dim() == 2 and not y.is_floating_point():
         logs["acc"] = (out.argmax(1) == y).float().mean()
     return logs
@@ -238,14 +155,63 @@ def progress_enabled(progress: bool | None) -> bool:
 
 def make_progress(total: int, desc: str | None, enabled: bool):
     """One tqdm bar (notebook widget in Jupyter, text elsewhere), or None."""
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False, mininterval=1.0)
+    return tqdm(total=total, desc=desc, leave=False, mininterval=1.0) if enabled else None
 
 
 # ----------------------------------------------------------------------------- fit
+
+
+def _default_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters; unfreeze something or pass an optimizer")
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def _batches_per_epoch(train, batch_size: int) -> tuple[int, bool]:
+    """How many batches one epoch of ``fit`` takes, and whether the last partial batch is dropped."""
+    tensors = as_tensors(train)
+    if tensors is None:
+        if dist_info()[1] > 1 and not isinstance(getattr(train, "sampler", None), DistributedSampler):
+            raise ValueError("under torchrun a DataLoader needs a DistributedSampler (each rank its share); "
+                             "or pass the data as tensors and fit shards every batch itself")
+        return smoke_cap(len(train)), False
+    n = len(tensors[0])
+    drop_last = n > batch_size  # avoids size-1 batch-norm batches
+    return smoke_cap(n // batch_size if drop_last else math.ceil(n / batch_size)), drop_last
+
+
+def _epoch_batches(train, x, y, batch_size: int, drop_last: bool, gen: torch.Generator, epoch: int,
+                   device: torch.device) -> Iterator[Batch]:
+    """This rank's batches of one epoch: shuffled tensors cut on the device, or a DataLoader's batches."""
+    if x is None:
+        if hasattr(train.sampler, "set_epoch"):
+            train.sampler.set_epoch(epoch)
+        return ((bx.to(device, non_blocking=True), by.to(device, non_blocking=True)) for bx, by in train)
+    batches = tensor_batches(x, y, batch_size, shuffle=True, generator=gen, drop_last=drop_last)
+    return (shard(b) for b in batches)
+
+
+def _backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:  # fp16: scale the loss so small gradients do not underflow
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+
+def _epoch_row(epoch: int, sums: dict, seen: int, optimizer, device: torch.device) -> dict:
+    """Per-epoch means of the logged values over all ranks, and the current learning rate."""
+    sums, seen = all_reduce_sums(sums, seen, device)
+    row = {"epoch": epoch + 1, **{f"train_{k}": float(v) / max(1, seen) for k, v in sums.items()}}
+    if not math.isfinite(row.get("train_loss", 0.0)):
+        raise FloatingPointError(f"training loss became {row['train_loss']} in epoch {epoch + 1}; "
+                                 "lower the learning rate (or check the inputs for NaNs)")
+    row["lr"] = optimizer.param_groups[0]["lr"]
+    return row
 
 
 def fit(
@@ -254,94 +220,65 @@ def fit(
     *,
     epochs: int,
     lr: float = 1e-3,
+    weight_decay: float = 1e-4,
     optimizer: torch.optim.Optimizer | None = None,
-    scheduler=None,
-    loss_fn=None,
     batch_size: int = 128,
     val=None,
-    device: str | torch.device | None = None,
-    amp: bool | None = None,
     callbacks: Iterable = (),
     step_fn: Callable | None = None,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    seed: int | None = None,
+    device: str | torch.device | None = None,
+    amp: bool | None = None,
+    channels_last: bool | None = None,
     progress: bool | None = None,
     desc: str | None = None,
-    seed: int | None = None,
-    weight_decay: float = 1e-4,
-    channels_last: bool | None = None,
-    compile: bool = False,
-    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> History:
     """Train ``model`` for ``epochs`` on ``train``; evaluate on ``val`` after each epoch.
 
-    ``optimizer`` defaults to AdamW over the trainable parameters with ``lr`` and ``weight_decay``;
-    ``scheduler`` is stepped once per batch. ``step_fn(model, batch, state) -> {"loss": ..., ...}``
-    replaces the supervised step; other scalar entries are averaged per epoch into the history.
-    ``seed`` fixes the batch order (default: drawn from torch's global generator, seeded by setup).
-    On CUDA: autocast (``amp``) and channels_last by default; ``compile=True`` runs the training
-    forward through ``torch.compile`` (worth it for long GPU runs, not for the quick profile).
-    Under torchrun the model is wrapped in DDP; ``batch_size`` is then the global batch.
-    ``augment(x) -> x`` (e.g. ``tlutils.augment.affine_jitter()``) transforms each training batch on the
-    device, fresh every step; ``val`` (and ``evaluate``/``predict``) always see the unaugmented data.
+    ``optimizer`` defaults to AdamW over the trainable parameters with ``lr`` and ``weight_decay``.
+    Learning-rate schedules and unfreezing are callbacks (``tlutils.schedules.LRSchedule``,
+    ``tlutils.finetune.GradualUnfreezing``): objects with any of ``on_fit_start``, ``on_epoch_start``,
+    ``on_batch_start``, ``on_batch_end``, ``on_epoch_end``, ``on_fit_end`` taking the ``FitState``.
+    ``step_fn(model, batch, state) -> {"loss": ..., ...}`` replaces the supervised step; other scalar
+    entries are averaged per epoch into the history. ``augment(x) -> x`` (e.g.
+    ``tlutils.augment.affine_jitter()``) transforms each training batch on the device, fresh every step;
+    ``val`` (and ``evaluate``/``predict``) always see the unaugmented data. ``seed`` fixes the batch
+    order (default: drawn from torch's global generator, seeded by setup). On CUDA: autocast (``amp``)
+    and channels_last by default. Under torchrun the model is wrapped in DDP and ``batch_size`` is the
+    global batch (each rank takes its share).
     """
-    from tlutils.config import get_device, smoke_cap
-
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
     device = get_device(device) if not isinstance(device, torch.device) else device
     amp = default_amp(device) if amp is None else amp
     channels_last = device.type == "cuda" if channels_last is None else channels_last
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    rank, world = dist_info()
-    # under torchrun: DDP averages gradients over ranks; each rank takes its share of every global batch
-    net = model if world == 1 else nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None)
-    if compile:
-        net = torch.compile(net)
-    callbacks = list(callbacks)
-    if optimizer is None:
-        params = [p for p in model.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError("the model has no trainable parameters; unfreeze something or pass an optimizer")
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    step_fn = step_fn or (lambda m, b, s: supervised_step(m, b, s, loss_fn))
+    model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
+    net = wrap_model(model, device)
+    optimizer = optimizer or _default_optimizer(model, lr, weight_decay)
+    step_fn = step_fn or supervised_step
     autocast, scaler = autocast_for(device, amp)
-
+    callbacks = list(callbacks)
     tensors = as_tensors(train)
-    if tensors is not None:
-        x_all, y_all = (t.to(device, non_blocking=True) for t in tensors)
-        n = len(x_all)
-    else:
-        n = None
-    drop_last = n is not None and n > batch_size  # avoids size-1 batch-norm batches
-    per_epoch = smoke_cap(_num_batches(train, n, batch_size, drop_last))  # a handful at smoke scale
-    history = History()
-    state = FitState(model, optimizer, scheduler, epochs, epochs * per_epoch, device, history)
+    x_all, y_all = (t.to(device, non_blocking=True) for t in tensors) if tensors is not None else (None, None)
+    per_epoch, drop_last = _batches_per_epoch(train, batch_size)
     if seed is None:  # every rank draws the same seed from its (identically seeded) global generator
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
     gen = torch.Generator().manual_seed(seed)
+    history = History()
+    state = FitState(model, optimizer, epochs, epochs * per_epoch, device, history)
+    bar = make_progress(epochs, desc, progress_enabled(progress) and is_main_process())
 
-    bar = make_progress(epochs, desc, progress_enabled(progress) and rank == 0)
     _call(callbacks, "on_fit_start", state)
     for epoch in range(epochs):
         state.epoch = epoch
         model.train()
         _call(callbacks, "on_epoch_start", state)
-        if n is None and hasattr(getattr(train, "sampler", None), "set_epoch"):
-            train.sampler.set_epoch(epoch)
-        batches = (
-            tensor_batches(x_all, y_all, batch_size, shuffle=True, generator=gen, drop_last=drop_last)
-            if n is not None
-            else _loader_batches(train, device)
-        )
-        if n is not None and world > 1:
-            batches = ((bx[rank::world], by[rank::world]) for bx, by in batches)
-        batches = itertools.islice(batches, per_epoch)
         sums: dict[str, torch.Tensor] = {}
         seen = 0
-        pending: list[tuple[int, dict]] = []
-        for x, y in batches:
+        first_step = len(history.steps)
+        batches = _epoch_batches(train, x_all, y_all, batch_size, drop_last, gen, epoch, device)
+        for x, y in itertools.islice(batches, per_epoch):
             if augment is not None:
                 with torch.no_grad():
                     x = augment(x)
@@ -350,42 +287,20 @@ def fit(
             _call(callbacks, "on_batch_start", state)
             with autocast():
                 logs = step_fn(net, (x, y), state)
-            loss = logs["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
+            _backward_step(logs["loss"], optimizer, scaler)
             state.step += 1
-            b = len(x)
             # keep logs as detached tensors: converting to floats every step would sync the GPU
-            state.logs = {
-                k: (v.detach() if isinstance(v, torch.Tensor) else torch.tensor(float(v))) for k, v in logs.items()
-            }
-            seen += b
+            state.logs = {k: v.detach() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
+                          for k, v in logs.items()}
+            seen += len(x)
             for k, v in state.logs.items():
-                sums[k] = sums.get(k, 0.0) + v.float() * b
-            pending.append((state.step, state.logs))
+                sums[k] = sums.get(k, 0.0) + v.float() * len(x)
+            history.steps.append({"step": state.step, **state.logs})
             _call(callbacks, "on_batch_end", state)
-        history.steps.extend(_to_floats(pending))
-        pending.clear()
-        sums, seen = _all_reduce_sums(sums, seen, device)
-        row = {"epoch": epoch + 1, **{f"train_{k}": float(v) / max(1, seen) for k, v in sums.items()}}
-        if not math.isfinite(row.get("train_loss", 0.0)):
-            raise FloatingPointError(
-                f"training loss became {row['train_loss']} in epoch {epoch + 1}; "
-                "lower the learning rate (or check the inputs for NaNs)"
-            )
-        row["lr"] = optimizer.param_groups[0]["lr"]
+        history.steps[first_step:] = _to_floats(history.steps[first_step:])  # one device sync per key
+        row = _epoch_row(epoch, sums, seen, optimizer, device)
         if val is not None:
-            row.update(
-                {f"val_{k}": v for k, v in evaluate(model, val, device=device, amp=amp, loss_fn=loss_fn).items()}
-            )
+            row.update({f"val_{k}": v for k, v in evaluate(model, val, device=device, amp=amp).items()})
         history.epochs.append(row)
         _call(callbacks, "on_epoch_end", state)
         if bar is not None:
@@ -396,6 +311,15 @@ def fit(
     _call(callbacks, "on_fit_end", state)
     model.eval()
     return history
+
+
+def _to_floats(rows: list[dict]) -> list[dict]:
+    """Turn per-step rows of tensor logs into float rows with one device sync per key."""
+    if not rows:
+        return []
+    keys = [k for k in rows[0] if k != "step"]
+    cols = {k: torch.stack([r[k].float().reshape(()) for r in rows]).tolist() for k in keys}
+    return [{"step": r["step"], **{k: cols[k][i] for k in keys}} for i, r in enumerate(rows)]
 
 
 # ----------------------------------------------------------------------------- inference
@@ -412,8 +336,6 @@ def predict(
     fn: Callable | None = None,
 ) -> torch.Tensor:
     """Model outputs (``fn(model, x)`` if given, e.g. features) for all of ``data``, returned on the CPU."""
-    from tlutils.config import get_device
-
     device = get_device(device) if not isinstance(device, torch.device) else device
     amp = default_amp(device) if amp is None else amp
     autocast, _ = autocast_for(device, amp)
@@ -440,13 +362,12 @@ def evaluate(
     batch_size: int = 512,
     device: str | torch.device | None = None,
     amp: bool | None = None,
-    loss_fn=None,
 ) -> dict[str, float]:
     """Mean loss and (for class labels) accuracy of ``model`` on ``data``, as fractions."""
     out = predict(model, data, batch_size=batch_size, device=device, amp=amp)
     tensors = as_tensors(data)
     y = (tensors[1] if tensors is not None else torch.cat([b[1] for b in data])).cpu()
-    result = {"loss": float((loss_fn or F.cross_entropy)(out, y))}
+    result = {"loss": float(F.cross_entropy(out, y))}
     if out.dim() == 2 and not y.is_floating_point():
         result["acc"] = float((out.argmax(1) == y).float().mean())
     return result
