@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)  ## create .venv with tlutils and every dependency, register the Jupyter kernel
 
 run: setup  ## execute all notebooks with the runner (PROFILE=quick|full) and print the results
-	$(PY) -m tlutils.run --profile $(PROFILE)
+	$(PY) -m tlutils.course.run --profile $(PROFILE)
 
 test: setup lint  ## lint, unit tests, notebook execution and result claims
 	$(PY) -m pytest
@@ -33,29 +33,29 @@ test-fast: setup  ## unit tests only (no notebook execution)
 
 lint: setup  ## ruff
 	$(PY) -m ruff check tlutils tests benchmarks scripts notebooks
-	$(PY) -m tlutils.coursework check
+	$(PY) -m tlutils.course.coursework check
 
 strip: setup  ## strip outputs from the committed notebooks
-	$(PY) -m tlutils.nbtools strip notebooks/*.ipynb
+	$(PY) -m tlutils.course.nbtools strip notebooks/*.ipynb
 
 bench: setup  ## run every benchmark and write runs/bench.json
 	$(PY) -m benchmarks
 
 student: setup  ## write student versions of the chapters to student/ (solutions replaced by stubs)
-	$(PY) -m tlutils.coursework student
+	$(PY) -m tlutils.course.coursework student
 
 grade: setup  ## grade one student notebook: make grade NB=student/01_feature_extraction.ipynb
 	@test -n "$(NB)" || { echo "usage: make grade NB=student/NN_name.ipynb"; exit 2; }
-	$(PY) -m tlutils.coursework grade $(NB) --profile $(PROFILE)
+	$(PY) -m tlutils.course.coursework grade $(NB) --profile $(PROFILE)
 
 html: setup  ## render runs/$(PROFILE) to HTML with an index page (after make run)
-	$(PY) -m tlutils.render --profile $(PROFILE)
+	$(PY) -m tlutils.course.render --profile $(PROFILE)
 
 nbval: setup  ## nbval (lax) on every notebook, quick profile
 	TLUTILS_PROFILE=quick TLUTILS_PROGRESS=0 $(PY) -m pytest --nbval-lax -p no:cacheprovider notebooks/
 
 smoke: setup  ## full profile at smoke scale, offline on tiny fake files (runs/smoke/): proves cells run, measures nothing
-	$(PY) -m tlutils.smoke run runs/smoke/files
+	$(PY) -m tlutils.course.smoke run runs/smoke/files
 
 gpu-check: setup  ## on CUDA: images/s of chapter 02's full-profile training, fp32/bf16 x NCHW/channels_last
 	$(PY) scripts/gpu_check.py

@@ -47,7 +47,7 @@ def main() -> int:
     results = REPO / "runs" / "quick" / "results.json"
     if args.run_notebooks:
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "tlutils.run", "--profile", "quick"], cwd=REPO, check=False)
+        subprocess.run([sys.executable, "-m", "tlutils.course.run", "--profile", "quick"], cwd=REPO, check=False)
         out["quick_profile_wall_s"] = round(time.perf_counter() - start, 1)
     elif results.exists():
         out["quick_profile_wall_s"] = json.loads(results.read_text()).get("_run", {}).get("total_wall_s")

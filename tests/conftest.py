@@ -38,7 +38,7 @@ def tmp_data(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def quick_run() -> Path:
-    """Execute all notebooks in the quick profile with ``python -m tlutils.run``; return results.json.
+    """Execute all notebooks in the quick profile with ``python -m tlutils.course.run``; return results.json.
 
     Set ``TLUTILS_REUSE_RUN=1`` to reuse an existing ``runs/quick/results.json`` whose notebooks all
     succeeded (handy while editing claims; CI always executes).
@@ -49,7 +49,7 @@ def quick_run() -> Path:
         if status and all(s == "ok" for s in status.values()):
             return results
     proc = subprocess.run(
-        [sys.executable, "-m", "tlutils.run", "--profile", "quick"], cwd=REPO, capture_output=True, text=True
+        [sys.executable, "-m", "tlutils.course.run", "--profile", "quick"], cwd=REPO, capture_output=True, text=True
     )
     print(proc.stdout[-5000:])
     print(proc.stderr[-5000:], file=sys.stderr)

@@ -25,7 +25,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tlutils.render import (
+from tlutils.course.render import (
     ANCHORS,
     README_BEGIN,
     README_END,
@@ -122,7 +122,7 @@ def test_render_run_writes_chapters_index_and_figures(tmp_path):
 
 
 def test_render_run_without_results_says_how_to_make_them(tmp_path):
-    with pytest.raises(FileNotFoundError, match="python -m tlutils.run --profile quick"):
+    with pytest.raises(FileNotFoundError, match="python -m tlutils.course.run --profile quick"):
         render_run("quick", tmp_path)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tlutils.coursework import (
+from tlutils.course.coursework import (
     CODE_STUB,
     CourseworkError,
     annotate,
@@ -238,11 +238,11 @@ def test_student_chapter_runs_to_its_exercises_and_each_fails_unsolved(quick_run
 @pytest.mark.parametrize("path", CHAPTERS, ids=[p.stem for p in CHAPTERS])
 def test_chapters_are_committed_with_their_nbgrader_metadata(path):
     """nbgrader reads cell metadata, not our markup: the committed chapter must already carry it."""
-    from tlutils.coursework import metadata_drift
+    from tlutils.course.coursework import metadata_drift
 
     drift = metadata_drift(nbformat.read(path, as_version=4))
     assert not drift, (f"{path.name}: nbgrader metadata out of date on cells {drift}; "
-                       f"run python -m tlutils.coursework annotate notebooks/{path.name}")
+                       f"run python -m tlutils.course.coursework annotate notebooks/{path.name}")
 
 
 def test_check_fails_when_metadata_drifts(tmp_path, capsys):

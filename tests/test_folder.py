@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from tlutils.course.smoke import write_photos
 from tlutils.data import load_domain
-from tlutils.smoke import write_photos
 
 
 @pytest.fixture

@@ -64,7 +64,7 @@ def _stem_input(backbone, x: torch.Tensor) -> torch.Tensor:
 def test_script_and_notebooks_feed_the_network_the_same_tensors(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("TLUTILS_DATA", str(tmp_path / "data"))
-    from tlutils.smoke import write_cifar10
+    from tlutils.course.smoke import write_cifar10
 
     write_cifar10(tmp_path / "data" / "torchvision")
     path = imagenet_weights_path("resnet18")

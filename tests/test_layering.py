@@ -1,11 +1,43 @@
-"""The package's import graph has no cycle, and the adaptation methods do not lean on each other sideways."""
+"""The package's import graph runs one way: each module imports only its own layer or lower ones, no cycle,
+no hidden import of the package (or the standard library) inside a function, and the adaptation methods do
+not lean on each other sideways."""
 
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
+import pytest
+
 PKG = Path(__file__).resolve().parent.parent / "tlutils"
+
+# lowest first; a module may import its own layer and the layers below it, never above
+LAYERS = {
+    "foundation": ["tlutils.config", "tlutils.atomic", "tlutils.cache", "tlutils.schedules",
+                   "tlutils.distributed", "tlutils.timing"],
+    "data": ["tlutils.data", "tlutils.augment"],
+    "models": ["tlutils.models", "tlutils.imagenet"],
+    "train": ["tlutils.train"],
+    "methods": ["tlutils.source", "tlutils.features", "tlutils.finetune", "tlutils.adapt", "tlutils.dann",
+                "tlutils.mmd", "tlutils.maml", "tlutils.fewshot", "tlutils.distill"],
+    "experiments and presentation": ["tlutils.budget", "tlutils.adapt_runs", "tlutils.results", "tlutils.plots"],
+    "course tooling": ["tlutils.course"],
+    "package facade": ["tlutils"],  # tlutils/__init__.py: setup and record, what every notebook imports first
+}
+
+
+def layer_of(module: str) -> int:
+    """Index in ``LAYERS`` of the longest listed prefix of ``module`` (``tlutils.data.glyphs`` -> data)."""
+    best = None
+    for rank, (_, prefixes) in enumerate(LAYERS.items()):
+        for prefix in prefixes:
+            inside = module == prefix or (prefix != "tlutils" and module.startswith(prefix + "."))
+            if inside and (best is None or len(prefix) > best[1]):
+                best = (rank, len(prefix))
+    if best is None:
+        raise KeyError(f"{module} has no layer: add it to LAYERS in tests/test_layering.py")
+    return best[0]
 
 
 def _module_name(path: Path) -> str:
@@ -70,3 +102,38 @@ def test_adaptation_methods_share_tlutils_adapt_not_each_other():
     for module in lower:
         assert not graph[module] & {"tlutils.dann", "tlutils.mmd", "tlutils.adapt_runs"}, (
             f"{module} must not import the methods or their experiments")
+
+
+def test_every_import_goes_down_or_sideways_within_a_layer():
+    names = list(LAYERS)
+    upward = [f"{m} ({names[layer_of(m)]}) imports {d} ({names[layer_of(d)]})"
+              for m, deps in import_graph().items() for d in deps if layer_of(d) > layer_of(m)]
+    assert not upward, "imports against the layer order:\n" + "\n".join(sorted(upward))
+
+
+def test_the_layer_check_would_catch_the_old_train_to_plots_import():
+    assert layer_of("tlutils.plots") > layer_of("tlutils.train")
+    assert layer_of("tlutils.dann") > layer_of("tlutils.models")  # the old models <-> dann cycle went upward too
+    with pytest.raises(KeyError, match="add it to LAYERS"):
+        layer_of("tlutils.brand_new_module")
+
+
+def test_no_package_or_standard_library_import_hides_inside_a_function():
+    """Imports inside functions are only for heavy optional third-party packages (sklearn, PIL, papermill...)."""
+    hidden = []
+    for path in PKG.rglob("*.py"):
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Import):
+                    mods = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    mods = [node.module or ""] if node.level == 0 else ["(relative)"]
+                else:
+                    continue
+                for mod in mods:
+                    top = mod.split(".")[0]
+                    if top in ("tlutils", "(relative)") or top in sys.stdlib_module_names:
+                        hidden.append(f"{path.relative_to(PKG.parent)}:{node.lineno} {fn.name}() imports {mod}")
+    assert not hidden, "move these imports to the top of the module:\n" + "\n".join(sorted(hidden))

@@ -32,7 +32,7 @@ def test_collect_from_executed_notebook(tmp_path):
 
 
 def test_load_results(tmp_path):
-    with pytest.raises(FileNotFoundError, match="tlutils.run --profile quick"):
+    with pytest.raises(FileNotFoundError, match="tlutils.course.run --profile quick"):
         load_results("quick", tmp_path)
     (tmp_path / "quick").mkdir()
     (tmp_path / "quick" / "results.json").write_text(json.dumps({"00_x": {"m": 1}}))

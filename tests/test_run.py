@@ -4,7 +4,7 @@ import json
 
 import nbformat
 
-from tlutils.run import list_notebooks, main, summary_table
+from tlutils.course.run import list_notebooks, main, summary_table
 
 
 def write_nb(path, *sources):

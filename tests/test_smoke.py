@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tlutils.config import REPO_ROOT, SMOKE_PER_CLASS, SMOKE_STEPS, Setup, setup
-from tlutils.smoke import SMOKE_CHAPTERS, prepare, unexecuted_full_cells
+from tlutils.course.smoke import SMOKE_CHAPTERS, prepare, unexecuted_full_cells
 
 SMOKE_RUNS = REPO_ROOT / "runs" / "smoke"
 
@@ -76,11 +76,11 @@ def test_prepare_writes_files_torchvision_reads(tmp_path, monkeypatch):
 
 @pytest.mark.notebooks
 def test_full_profile_smoke_run(tmp_path_factory):
-    """``TLUTILS_SMOKE=1 python -m tlutils.run --profile full`` on fake files: every chapter green, no skipped
+    """``TLUTILS_SMOKE=1 python -m tlutils.course.run --profile full`` on fake files: every chapter green, no skipped
     full-profile branch. Results go to runs/smoke/full/, never over runs/quick or runs/full."""
     files = tmp_path_factory.mktemp("smoke")
     chapters = list(SMOKE_CHAPTERS)
-    proc = subprocess.run([sys.executable, "-m", "tlutils.smoke", "run", str(files), "--only", *chapters,
+    proc = subprocess.run([sys.executable, "-m", "tlutils.course.smoke", "run", str(files), "--only", *chapters,
                            "--runs-dir", str(SMOKE_RUNS)], cwd=REPO_ROOT, capture_output=True, text=True)
     print(proc.stdout[-4000:])
     print(proc.stderr[-4000:], file=sys.stderr)

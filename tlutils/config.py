@@ -34,7 +34,7 @@ def smoke_enabled() -> bool:
     It cuts every training loop to ``SMOKE_STEPS`` steps per epoch and every domain split to
     ``SMOKE_PER_CLASS`` examples per class, turns on bf16 autocast on the CPU,
     never downloads (``Setup.download`` is False) and accepts files without torchvision's md5
-    (``Setup.verify`` is False), so the full profile runs offline on the tiny files of ``tlutils.smoke``.
+    (``Setup.verify`` is False), so the full profile runs offline on the tiny files of ``tlutils.course.smoke``.
     """
     return os.environ.get("TLUTILS_SMOKE", "0").strip() == "1"
 

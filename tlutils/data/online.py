@@ -12,6 +12,7 @@ like every other domain, so the slow first conversion (Omniglot's 32k PNGs) happ
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 
 from tlutils.config import data_dir
 from tlutils.data.cache import Arrays
-from tlutils.data.digits import DIGIT_CLASSES, pad_to_32, to_uint8
+from tlutils.data.digits import DIGIT_CLASSES, mnistm_blend, pad_to_32, to_uint8
 from tlutils.data.registry import DomainSpec, register
 
 ALTERNATIVES = {
@@ -142,7 +143,6 @@ def build_mnistm(split: str, seed: int, *, download: bool = False, verify: bool 
     ``download`` fetches MNIST only: BSDS500 has no torchvision loader, its photos go in ``bsds500_dir()``.
     The built domain is cached like the others: after changing those photos, ``make clean-data``.
     """
-    from tlutils.data.digits import mnistm_blend
 
     photos = _photos(bsds500_dir())
     digits = build_mnist(split, seed, download=download, verify=verify)
@@ -210,7 +210,6 @@ def build_cifar10(split: str, seed: int, *, download: bool = False, verify: bool
 
 
 def _cifar_unverified():
-    import pickle
 
     tvd = _tv()
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from tlutils.config import SMOKE_PER_CLASS, smoke_enabled
 from tlutils.data.cache import Arrays, cached
 from tlutils.data.domain import Domain
 
@@ -133,7 +134,6 @@ def to_tensors(arrays: Arrays, device: torch.device | str | None) -> tuple[torch
 def smoke_subset(arrays: Arrays) -> Arrays:
     """At smoke scale (``TLUTILS_SMOKE=1``) at most ``SMOKE_PER_CLASS`` examples per class, a fixed random
     subset in the original order; otherwise ``arrays`` unchanged."""
-    from tlutils.config import SMOKE_PER_CLASS, smoke_enabled
 
     if not smoke_enabled():
         return arrays

@@ -1,9 +1,9 @@
 """Exercises with hidden solutions: student versions, an autograder, and nbgrader metadata.
 
-    python -m tlutils.coursework student [NOTEBOOK ...] [--out student]   # default: every chapter
-    python -m tlutils.coursework grade student/01_feature_extraction.ipynb [--profile quick] [--timeout S]
-    python -m tlutils.coursework check [NOTEBOOK ...]      # validate the markup and the nbgrader metadata
-    python -m tlutils.coursework annotate NOTEBOOK ...     # write nbgrader cell metadata in place
+    python -m tlutils.course.coursework student [NOTEBOOK ...] [--out student]   # default: every chapter
+    python -m tlutils.course.coursework grade student/01_feature_extraction.ipynb [--profile quick] [--timeout S]
+    python -m tlutils.course.coursework check [NOTEBOOK ...]      # validate the markup and the nbgrader metadata
+    python -m tlutils.course.coursework annotate NOTEBOOK ...     # write nbgrader cell metadata in place
 
 Markup (nbgrader's own, so instructors can import the chapters into nbgrader unchanged):
 
@@ -51,6 +51,8 @@ from pathlib import Path
 import nbformat
 
 from tlutils.config import REPO_ROOT
+from tlutils.course.nbtools import strip
+from tlutils.course.run import QUIET_KERNEL
 
 BEGIN_SOLUTION, END_SOLUTION = "BEGIN SOLUTION", "END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "BEGIN HIDDEN TESTS", "END HIDDEN TESTS"
@@ -59,7 +61,7 @@ TEXT_STUB = "YOUR ANSWER HERE"
 STUDENT_NOTE = (
     "> **Student version.** Each exercise's solution was replaced by `raise NotImplementedError()`: write "
     "your own, run the cell and the check cell after it. Grade the whole notebook with "
-    "`python -m tlutils.coursework grade {name}`."
+    "`python -m tlutils.course.coursework grade {name}`."
 )
 HEADING = re.compile(r"^\s*##\s+Exercises\b", re.MULTILINE)
 ASSERT = re.compile(r"^\s*assert\b", re.MULTILINE)
@@ -219,7 +221,6 @@ def metadata_drift(nb) -> list[int]:
 
 def student_version(nb, name: str = "NOTEBOOK.ipynb"):
     """A copy of ``nb`` with solutions replaced by stubs, hidden tests removed, outputs stripped."""
-    from tlutils.nbtools import strip
 
     out = annotate(strip(copy.deepcopy(nb)))
     if not find_exercises(out):
@@ -404,7 +405,6 @@ def grade(
     from nbclient import NotebookClient
     from nbclient.exceptions import DeadKernelError
 
-    from tlutils.run import QUIET_KERNEL
 
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
@@ -414,7 +414,7 @@ def grade(
     if not exercises:
         raise CourseworkError(
             f"{path} has no exercise to grade: solution notebooks mark them with '### {BEGIN_SOLUTION}', "
-            "student versions with nbgrader metadata (regenerate it: python -m tlutils.coursework student)"
+            "student versions with nbgrader metadata (regenerate it: python -m tlutils.course.coursework student)"
         )
     report = Report(path)
     owner = {i: ex for ex in exercises for i in ex.cells}
@@ -485,7 +485,7 @@ def write_student_versions(paths: list[Path], out_dir: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tlutils.coursework", description=__doc__.split("\n\n")[0]
+        prog="python -m tlutils.course.coursework", description=__doc__.split("\n\n")[0]
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("student", help="write student versions (solutions replaced by stubs)")
@@ -540,7 +540,8 @@ def _cmd_check(args) -> int:
         if drift:
             print(
                 f"  error: nbgrader metadata out of date on cells {', '.join(map(str, drift))} (nbgrader's "
-                f"generate_assignment needs it); fix: python -m tlutils.coursework annotate {os.path.relpath(path)}"
+                "generate_assignment needs it); fix: python -m tlutils.course.coursework annotate "
+                f"{os.path.relpath(path)}"
             )
             bad = 1
     return bad

@@ -1,7 +1,7 @@
 """The smoke scale of the full profile: tiny local files in the real on-disk formats, then the runner.
 
-    python -m tlutils.smoke prepare DIR           # write the fake files; print the environment to use
-    python -m tlutils.smoke run DIR [--only 00 02]  # prepare, then TLUTILS_SMOKE=1 tlutils.run --profile full
+    python -m tlutils.course.smoke prepare DIR           # write the fake files; print the environment to use
+    python -m tlutils.course.smoke run DIR [--only 00 02]  # prepare, then run the full profile at smoke scale
 
 ``prepare`` writes, under ``DIR/data`` (used as ``TLUTILS_DATA``) and ``DIR/torch`` (``TORCH_HOME``):
 CIFAR-10 python pickles, MNIST idx files, SVHN ``.mat`` files, Omniglot's extracted folders of PNGs,
@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from tlutils.config import REPO_ROOT
+from tlutils.models import IMAGENET_WEIGHTS
+from tlutils.results import MIME
 
 SMOKE_RUNS_DIR = REPO_ROOT / "runs" / "smoke"
 SMOKE_CHAPTERS = ("00", "01", "02", "03", "04", "05", "06", "07")
@@ -121,7 +123,6 @@ def write_imagenet_weights(torch_home: Path) -> list[Path]:
     import torch
     from torchvision import models as tvm
 
-    from tlutils.models import IMAGENET_WEIGHTS
 
     out = []
     for arch, (cls, member) in IMAGENET_WEIGHTS.items():
@@ -162,7 +163,6 @@ def unexecuted_full_cells(notebook: str | os.PathLike) -> list[str]:
     """
     import nbformat
 
-    from tlutils.results import MIME
 
     nb = nbformat.read(str(notebook), as_version=4)
     problems = []
@@ -176,14 +176,14 @@ def unexecuted_full_cells(notebook: str | os.PathLike) -> list[str]:
 
 
 def run(directory: str | os.PathLike, only: list[str] | None = None, runs_dir: Path = SMOKE_RUNS_DIR) -> int:
-    """Prepare the files, then run ``tlutils.run --profile full`` on them at smoke scale; return its exit code."""
+    """Prepare the files, then run the full profile (``tlutils.course.run``) at smoke scale; return its exit code."""
     env = {**os.environ, **prepare(directory)}
-    cmd = [sys.executable, "-m", "tlutils.run", "--profile", "full", "--runs-dir", str(runs_dir)]
+    cmd = [sys.executable, "-m", "tlutils.course.run", "--profile", "full", "--runs-dir", str(runs_dir)]
     return subprocess.call(cmd + (["--only", *only] if only else []), env=env)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tlutils.smoke", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tlutils.course.smoke", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="write the fake files and print the environment to use")
     p.add_argument("directory", type=Path)

@@ -1,7 +1,7 @@
 """Notebook housekeeping: strip outputs before committing, and check that they are stripped.
 
-python -m tlutils.nbtools strip notebooks/*.ipynb
-python -m tlutils.nbtools check notebooks/*.ipynb
+python -m tlutils.course.nbtools strip notebooks/*.ipynb
+python -m tlutils.course.nbtools check notebooks/*.ipynb
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The notebook runner: execute the chapters in order with papermill and gather their numbers.
 
-    python -m tlutils.run [--profile quick|full] [--only 01 04] [--seed N]
+    python -m tlutils.course.run [--profile quick|full] [--only 01 04] [--seed N]
 
 Executed notebooks go to ``runs/<profile>/``; every ``record(...)`` they made goes to
 ``runs/<profile>/results.json`` with the run's metadata; a summary table is printed. The exit
@@ -13,13 +13,15 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 from tlutils.atomic import atomic_write_text
-from tlutils.config import PROFILES, REPO_ROOT, resolve_profile
+from tlutils.config import PROFILES, REPO_ROOT, get_device, resolve_profile
+from tlutils.results import collect_from_notebook
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 RUNS_DIR = REPO_ROOT / "runs"
@@ -54,7 +56,6 @@ def _versions() -> dict[str, str]:
 
 
 def _device_name() -> str:
-    from tlutils.config import get_device
 
     dev = get_device()
     if dev.type == "cuda":
@@ -86,7 +87,6 @@ def _children_cpu_s() -> float:
 
     Unlike wall time it depends little on what else a shared machine runs (the kernel must exit and be
     reaped first, which papermill does before returning)."""
-    import resource
 
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -143,7 +143,7 @@ def summary_table(results: dict, stems: list[str] | None = None, max_metrics: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tlutils.run", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tlutils.course.run", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--profile", default=None, help=f"one of {', '.join(PROFILES)} (default: $TLUTILS_PROFILE or quick)"
     )
@@ -183,7 +183,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["TLUTILS_PROGRESS"] = "0"  # keep saved notebooks free of progress-bar noise
     os.environ["TLUTILS_PROFILE"] = profile
 
-    from tlutils.results import collect_from_notebook
 
     failures = []
     for nb in books:
