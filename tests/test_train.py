@@ -2,7 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from tlutils.train import History, autocast_for, default_amp, evaluate, fit, predict, tensor_batches
+from tlutils.models import ganin_cnn
+from tlutils.train import History, autocast_for, default_amp, evaluate, fit, predict, predict_features, tensor_batches
 
 
 def blobs(n=256, seed=0):
@@ -106,3 +107,13 @@ def test_mixed_precision_defaults_to_cuda_and_to_the_cpu_at_smoke_scale(monkeypa
     assert not default_amp(torch.device("cpu")) and default_amp(torch.device("cuda"))
     monkeypatch.setenv("TLUTILS_SMOKE", "1")
     assert default_amp(torch.device("cpu"))
+
+
+def test_predict_features_gives_what_the_head_reads():
+    torch.manual_seed(0)
+    net = ganin_cnn(10).eval()
+    x = torch.rand(6, 3, 32, 32)
+    feats = predict_features(net, (x, torch.zeros(6, dtype=torch.long)), device="cpu", amp=False)
+    assert feats.shape == (6, 768)  # the flattened 48 x 4 x 4 map of the paper's network
+    with torch.no_grad():
+        assert torch.allclose(feats, net.features(x)) and torch.allclose(net.head(feats), net(x), atol=1e-6)

@@ -355,6 +355,16 @@ def predict(
     return torch.cat(outs) if outs else torch.empty(0)
 
 
+def predict_features(model: nn.Module, data, **kwargs) -> torch.Tensor:
+    """What the model's head reads, ``model.features(x)``, for all of ``data`` (on the CPU).
+
+    For a ResNet backbone that is the pooled last stage, as ``tlutils.features.extract_features`` gives; for
+    chapter 04's CNN it is the flattened 48 x 4 x 4 map (768 numbers) the paper's label head reads, while
+    ``extract_features`` pools it to 48. ``kwargs`` go to :func:`predict`.
+    """
+    return predict(model, data, fn=lambda m, x: m.features(x), **kwargs)
+
+
 def evaluate(
     model: nn.Module,
     data,
