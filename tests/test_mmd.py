@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from tlutils.adapt import Recipe, fit_recipe
+from tlutils.dan import head_activations, train_dan
 from tlutils.mmd import (
     GaussianKernel,
     MMDLoss,
@@ -14,7 +15,6 @@ from tlutils.mmd import (
     class_separation,
     dan_scales,
     gaussian_mmd2,
-    head_activations,
     inter_centroid_distance,
     median_bandwidth,
     mmd2,
@@ -22,7 +22,6 @@ from tlutils.mmd import (
     multi_kernel,
     permutation_null,
     permutation_test,
-    train_dan,
 )
 from tlutils.models import Classifier
 

@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from tlutils.adapt import Recipe, adabn, build_network, fit_recipe, recipe_for
+from tlutils.dan import train_dan
 from tlutils.dann import DANN, train_dann
 from tlutils.data import list_domains, load_domain, online_options
-from tlutils.mmd import train_dan
 from tlutils.models import Classifier, load_weights, save_checkpoint
 from tlutils.train import History, evaluate
 
