@@ -46,7 +46,7 @@ def test_cache_paths_key_on_recipe_and_seed(tmp_path):
     assert cache_paths(cfg, seed=0, recipe=Recipe(steps=7))["dann"] != a["dann"]
 
 
-def test_cached_runs_load_what_was_saved_and_retrain_a_bad_file(tmp_path, capsys, monkeypatch):
+def test_cached_runs_load_what_was_saved_and_retrain_a_bad_file(tmp_path, monkeypatch):
     cfg = SimpleNamespace(data_dir=tmp_path, pick=lambda quick, full, **_: quick, device="cpu")
     nets = {m: ganin_cnn(10, batch_norm=True).eval() for m in ("source_only", "dann")}
     history = History(epochs=[{"epoch": 1, "train_loss": 0.5}])
@@ -62,8 +62,17 @@ def test_cached_runs_load_what_was_saved_and_retrain_a_bad_file(tmp_path, capsys
     asked = []
     monkeypatch.setattr("tlutils.adapt_runs.run_seed", lambda *a, methods, **k: asked.append(methods) or runs[1:])
     monkeypatch.setattr("tlutils.adapt_runs.load_pair", lambda *a, **k: (None, None, None))
-    again = cached_runs(cfg, seed=0)
+    with pytest.warns(UserWarning, match=r"adaptation checkpoint .*dann.* is invalid .*deleting and rebuilding"):
+        again = cached_runs(cfg, seed=0)
     assert asked == [["dann"]], "only the unreadable network is retrained"
-    assert "not a readable checkpoint" in capsys.readouterr().out and set(again) == {"source_only", "dann"}
+    assert set(again) == {"source_only", "dann"} and again["dann"][0] is nets["dann"]
+    model, _ = cached_runs(cfg, seed=0, methods=("dann",))["dann"]  # the retrained network was saved
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in nets["dann"].state_dict().items())
+    # a readable checkpoint of another method under this name is not trusted either
+    paths = cache_paths(cfg, seed=0)
+    paths["dann"].write_bytes(paths["source_only"].read_bytes())
+    with pytest.warns(UserWarning, match="'source_only' under key"):
+        cached_runs(cfg, seed=0, methods=("dann",))
+    assert asked == [["dann"], ["dann"]]
     with pytest.raises(ValueError, match="not cached"):
         cached_runs(cfg, seed=0, methods=("oracle",))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import time
 from pathlib import Path
 
 import pytest
 
-from tlutils.cache import cache_key, load_or_build
+from tlutils.cache import STALE_TMP_SECONDS, cache_key, load_or_build
 
 
 def _save(value, f):
@@ -76,3 +77,23 @@ def test_two_processes_build_once(tmp_path):
         p.join(60)
     assert [p.exitcode for p in procs] == [0, 0]
     assert Path(log).read_text() == "built\n"
+
+
+def test_an_unwritable_location_warns_and_continues(tmp_path):
+    """A read-only data dir: nothing can be locked or written there, so the value is built and returned uncached."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")  # a file where the cache directory should be: mkdir, the lock and the write all fail
+    with pytest.warns(UserWarning, match="could not write test cache .*continuing without caching"):
+        value = load_or_build(blocker / "x.json", lambda: {"v": 4}, load=_load, save=_save, what="test cache")
+    assert value == {"v": 4}
+
+
+def test_stale_temp_files_of_killed_writes_are_removed(tmp_path):
+    path = tmp_path / "x.json"
+    stale, fresh = tmp_path / ".x.json.old.tmp", tmp_path / ".x.json.new.tmp"
+    for tmp in (stale, fresh):
+        tmp.write_text("partial")
+    old = time.time() - 2 * STALE_TMP_SECONDS
+    os.utime(stale, (old, old))
+    load_or_build(path, lambda: {"v": 5}, load=_load, save=_save)
+    assert not stale.exists() and fresh.exists()

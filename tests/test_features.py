@@ -70,6 +70,38 @@ def test_cache_serves_memory_then_disk(tmp_data):
     assert list((tmp_data / "features").glob("toy-train-stage3-*.pt"))
 
 
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "other key", "other labels"])
+def test_a_bad_feature_file_is_reported_deleted_and_rebuilt(tmp_data, damage):
+    model, data = tiny_model(), toy_domain()
+    clear_memory_cache()  # earlier tests cached these very features in memory
+    first = cached_features(model, data, stage="stage3")
+    (path,) = (tmp_data / "features").glob("toy-train-stage3-*.pt")
+    if damage == "garbage":
+        path.write_bytes(b"not a tensor file")
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        blob = torch.load(path, weights_only=True)
+        if damage == "other key":
+            blob["key"] = "toy-train-stage3-0000"
+        else:
+            blob["y"] = blob["y"].flip(0)
+        torch.save(blob, path)
+    clear_memory_cache()
+    with pytest.warns(UserWarning, match=r"feature cache file .* is invalid .*deleting and rebuilding"):
+        again = cached_features(model, data, stage="stage3")
+    assert again.info["source"] == "computed" and torch.equal(again.x, first.x)
+    clear_memory_cache()
+    assert cached_features(model, data, stage="stage3").info["source"] == "disk"  # the rebuilt file is valid
+
+
+def test_refresh_recomputes_and_rewrites(tmp_data):
+    model, data = tiny_model(), toy_domain()
+    first = cached_features(model, data)
+    again = cached_features(model, data, refresh=True)
+    assert again.info["source"] == "computed" and torch.equal(again.x, first.x)
+
+
 def test_cache_key_changes_with_weights_data_and_stage():
     model, data = tiny_model(), toy_domain()
     key = feature_key(model, data, "stage4")

@@ -14,13 +14,13 @@ images with source statistics (both estimated with ``adabn`` on unlabelled train
 with the running statistics left by training (a mix of both domains) is kept as ``running_acc``.
 
 Trained networks of one pair can be cached in ``cfg.data_dir / "checkpoints"`` (chapter 04 writes them,
-chapter 05 reads them) under a key of everything that determines them.
+chapter 05 reads them) under a key of everything that determines them, with the policy of
+:mod:`tlutils.cache` (verified on load, a bad file reported and retrained, atomic writes, trained once by
+concurrent processes).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,10 +29,11 @@ import torch
 from torch import nn
 
 from tlutils.adapt import Recipe, adabn, build_network, fit_recipe, recipe_for
+from tlutils.cache import cache_key, load_or_build
 from tlutils.dan import train_dan
 from tlutils.dann import DANN, train_dann
 from tlutils.data import list_domains, load_domain, online_options
-from tlutils.models import Classifier, load_weights, save_checkpoint
+from tlutils.models import Classifier, load_weights, save_checkpoint, write_checkpoint
 from tlutils.train import History, evaluate
 
 METHODS = ("source_only", "adabn", "dann", "dan", "oracle")
@@ -188,10 +189,10 @@ CACHED = ("source_only", "dann", "dan")
 
 
 def run_key(recipe: Recipe, source: str, target: str, seed: int) -> str:
-    """A short hash of everything that determines a trained network (recipe, domains, seed, version)."""
-    blob = json.dumps({"recipe": asdict(recipe), "source": source, "target": target, "seed": seed,
-                       "version": CACHE_VERSION}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    """:func:`tlutils.cache.cache_key` of everything that determines a trained network (recipe, domains, seed,
+    version)."""
+    return cache_key({"recipe": asdict(recipe), "source": source, "target": target, "seed": seed,
+                      "version": CACHE_VERSION}, length=12)
 
 
 def cache_paths(cfg, seed: int = 0, recipe: Recipe | None = None) -> dict[str, Path]:
@@ -202,32 +203,30 @@ def cache_paths(cfg, seed: int = 0, recipe: Recipe | None = None) -> dict[str, P
     return {m: folder / f"adapt_{PAIR[0]}_to_{PAIR[1]}_{m}_seed{seed}_{key}.pt" for m in CACHED}
 
 
+def _run_metadata(run: RunResult, recipe: Recipe) -> dict:
+    """What a cached network's checkpoint records beside its weights (``key``: checked when it is loaded)."""
+    epochs = run.history.epochs if getattr(run, "history", None) is not None else []
+    return dict(method=run.method, source=PAIR[0], target=PAIR[1], seed=run.seed, recipe=asdict(recipe),
+                key=run_key(recipe, *PAIR, run.seed), target_acc=run.target_acc, history=epochs)
+
+
 def save_runs(cfg, runs: list[RunResult], recipe: Recipe | None = None) -> list[Path]:
     """Write the networks (and per-epoch logs) of the cached methods among ``runs`` (of ``PAIR``), atomically."""
     recipe = recipe or recipe_for(cfg)
-    written = []
-    for r in runs:
-        if r.method in CACHED:
-            path = cache_paths(cfg, r.seed, recipe)[r.method]
-            epochs = r.history.epochs if getattr(r, "history", None) is not None else []
-            written.append(save_checkpoint(r.model, path, method=r.method, source=PAIR[0], target=PAIR[1],
-                                           seed=r.seed, recipe=asdict(recipe), target_acc=r.target_acc,
-                                           history=epochs))
-    return written
+    return [save_checkpoint(r.model, cache_paths(cfg, r.seed, recipe)[r.method], **_run_metadata(r, recipe))
+            for r in runs if r.method in CACHED]
 
 
-def _load_checkpoint(path: Path, recipe: Recipe) -> tuple[Classifier, History] | None:
-    """The network and per-epoch history at ``path``, or None (with a warning, after deleting the file) when it
-    is unreadable."""
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        model = build_network(recipe, 10)
-        load_weights(model, blob["state_dict"])
-        return model.eval(), History(epochs=list(blob["metadata"].get("history", [])))
-    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file is rebuilt, not trusted
-        print(f"warning: {path} is not a readable checkpoint ({exc}); deleting it and retraining")
-        path.unlink(missing_ok=True)
-        return None
+def _load_run(path: Path, recipe: Recipe, method: str, seed: int) -> tuple[Classifier, History]:
+    """The network and per-epoch history at ``path``, verified to be ``method``'s under ``recipe`` and ``seed``
+    (raises otherwise)."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    meta, key = blob["metadata"], run_key(recipe, *PAIR, seed)
+    if (meta.get("method"), meta.get("key")) != (method, key):
+        raise ValueError(f"it holds {meta.get('method')!r} under key {meta.get('key')!r}, not {method!r} under {key!r}")
+    model = build_network(recipe, 10)
+    load_weights(model, blob["state_dict"])
+    return model.eval(), History(epochs=list(meta.get("history", [])))
 
 
 def cached_runs(
@@ -236,22 +235,31 @@ def cached_runs(
     """``{method: (network, per-epoch history)}`` for ``PAIR`` under ``cfg``'s recipe and ``seed``.
 
     Loaded from ``cfg.data_dir / "checkpoints"`` when chapter 04 or 05 (or an earlier call) left them there;
-    the missing ones are trained now (under a minute each on a CPU in the quick profile) and cached.
+    the missing ones are trained now, one at a time (under a minute each on a CPU in the quick profile), and
+    cached.
     """
     unknown = [m for m in methods if m not in CACHED]
     if unknown:
         raise ValueError(f"{unknown} are not cached; choose from {', '.join(CACHED)}")
     recipe = recipe_for(cfg)
     paths = cache_paths(cfg, seed, recipe)
-    out = {m: _load_checkpoint(paths[m], recipe) for m in methods if paths[m].exists()}
-    missing = [m for m in methods if out.get(m) is None]
-    if missing:
-        source, target_train, target_test = load_pair(*PAIR, device=cfg.device)
-        runs = run_seed(source, target_train, target_test, recipe, seed, methods=missing, device=cfg.device,
-                        progress=progress)
-        save_runs(cfg, runs, recipe)
-        out.update({r.method: (r.model.cpu().eval(), r.history) for r in runs})
-    return {m: out[m] for m in methods}
+    pair: list = []  # the domains, loaded by the first network that has to be trained
+
+    def train(method: str) -> tuple[Classifier, History, RunResult]:
+        if not pair:
+            pair.extend(load_pair(*PAIR, device=cfg.device))
+        (run,) = run_seed(*pair, recipe, seed, methods=[method], device=cfg.device, progress=progress)
+        return run.model.cpu().eval(), run.history, run
+
+    def save(value, f) -> None:
+        write_checkpoint(value[0], f, **_run_metadata(value[2], recipe))
+
+    out = {}
+    for m in methods:
+        value = load_or_build(paths[m], lambda m=m: train(m), load=lambda p, m=m: _load_run(p, recipe, m, seed),
+                              save=save, what="adaptation checkpoint")
+        out[m] = value[:2]
+    return out
 
 
 __all__ = [

@@ -1,7 +1,7 @@
 """Atomic file writes: readers see the old file or the new one, never a part of it.
 
-Every cache, checkpoint and result the project writes goes through :func:`atomic_write` (the domain
-cache in ``tlutils.data.cache`` adds its own checksums on top of the same recipe).
+Every cache, checkpoint and result the project writes goes through :func:`atomic_write`; the caches
+reach it through :func:`tlutils.cache.load_or_build`, which adds verification on load and a file lock.
 """
 
 from __future__ import annotations

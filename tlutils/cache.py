@@ -3,7 +3,8 @@
 - one key function: :func:`cache_key`, a hash of the JSON of what the artefact depends on;
 - verify on load: the caller's ``load`` raises when a file is not what the key promises;
 - a bad file is reported (a warning naming the file and the problem), deleted and rebuilt;
-- atomic writes (:func:`tlutils.atomic.atomic_write`): readers see the old file or the new one;
+- atomic writes (:func:`tlutils.atomic.atomic_write`): readers see the old file or the new one; a temp file
+  left by a killed write (``.<name>.<random>.tmp``) is never read, and removed by the next write after a day;
 - a file lock: two processes (two kernels, two pytest workers) that need the same missing artefact build
   it once; the second waits for the lock, then loads what the first wrote.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -27,6 +29,8 @@ except ImportError:  # pragma: no cover - not on the CI platforms
     fcntl = None
 
 T = TypeVar("T")
+STALE_TMP_SECONDS = 24 * 3600
+"""Age after which a temp file left by a killed write is removed (by the next write of the same artefact)."""
 
 
 def cache_key(fields: Mapping, length: int = 16) -> str:
@@ -37,13 +41,22 @@ def cache_key(fields: Mapping, length: int = 16) -> str:
 
 @contextmanager
 def file_lock(path: str | os.PathLike) -> Iterator[None]:
-    """Hold an exclusive lock on ``<dir>/.<name>.lock`` (blocks until the holder releases it)."""
+    """Hold an exclusive lock on ``<dir>/.<name>.lock`` (blocks until the holder releases it).
+
+    The empty lock file stays (deleting it while held would let a third process lock a new file). Where it
+    cannot be created (a read-only directory) nothing can be written either, so there is nothing to build
+    once: the block runs unlocked.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if fcntl is None:  # pragma: no cover
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path.parent / f".{path.name}.lock", "a") if fcntl is not None else None  # noqa: SIM115
+    except OSError:
+        handle = None
+    if handle is None:
         yield
         return
-    with open(path.parent / f".{path.name}.lock", "a") as handle:
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -58,10 +71,23 @@ def _try_load(path: Path, load: Callable[[Path], T], what: str) -> tuple[bool, T
     try:
         return True, load(path)
     except Exception as err:  # noqa: BLE001 - any unreadable file is rebuilt, never trusted
-        warnings.warn(f"{what} {path} is invalid ({type(err).__name__}: {err}); deleting and rebuilding it",
+        reason = (str(err).strip().splitlines() or [""])[0]  # torch's unpickling errors run to many lines
+        reason = reason if len(reason) <= 200 else reason[:199] + "…"
+        warnings.warn(f"{what} {path} is invalid ({type(err).__name__}: {reason}); deleting and rebuilding it",
                       stacklevel=4)
         path.unlink(missing_ok=True)
         return False, None
+
+
+def _remove_stale_tmp(path: Path) -> None:
+    """Delete temp files of ``path`` left by writes killed more than ``STALE_TMP_SECONDS`` ago."""
+    now = time.time()
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > STALE_TMP_SECONDS:
+                tmp.unlink()
+        except OSError:
+            pass
 
 
 def load_or_build(
@@ -89,6 +115,7 @@ def load_or_build(
         value = build()
         try:
             atomic_write(path, lambda f: save(value, f))
+            _remove_stale_tmp(path)
         except OSError as err:
             warnings.warn(f"could not write {what} {path} ({err}); continuing without caching", stacklevel=2)
     return value

@@ -20,7 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tlutils.atomic import atomic_write
+from tlutils.cache import cache_key, load_or_build
+from tlutils.config import data_dir
+from tlutils.models import make_head
+from tlutils.train import as_tensors, fit, predict
 
 FEATURES_VERSION = 1
 """Bump when extraction changes, so stale cache files are not reused."""
@@ -87,8 +90,6 @@ def extract_features(model: nn.Module, data, *, stage: str | None = None, grid: 
     The backbone runs in eval mode under ``no_grad`` (batch norm uses its running statistics), as a
     frozen backbone does during head training.
     """
-    from tlutils.train import predict
-
     backbone = backbone_of(model)
     stage = stage or list(backbone.stages)[-1]
     _check_stage(backbone, stage)
@@ -132,8 +133,6 @@ def tensor_fingerprint(t: torch.Tensor) -> str:
 
 def data_fingerprint(data) -> str:
     """A short hash of a domain's images and labels (subsets of one domain get different keys)."""
-    from tlutils.train import as_tensors
-
     tensors = as_tensors(data)
     if tensors is None:
         raise TypeError("feature caching needs a Domain or an (x, y) tuple of tensors, not a DataLoader")
@@ -144,21 +143,30 @@ def data_fingerprint(data) -> str:
 
 
 def feature_key(model: nn.Module, data, stage: str, grid: int = 1) -> str:
-    """Cache key of features: checkpoint (weights hash), domain, split, stage, pooling and the data's hash."""
+    """Cache key of features: ``<domain>-<split>-<stage>-`` and the :func:`tlutils.cache.cache_key` of the
+    checkpoint (weights hash), domain, split, stage, pooling, ``FEATURES_VERSION`` and the data's hash."""
     backbone = backbone_of(model)
     name, split = getattr(data, "name", "tensors"), getattr(data, "split", "data")
-    return (f"{name}-{split}-{stage}-g{grid}-v{FEATURES_VERSION}-"
-            f"w{weights_fingerprint(backbone)}-d{data_fingerprint(data)}")
-
-
-def _atomic_save(obj, path: Path) -> None:
-    atomic_write(path, lambda f: torch.save(obj, f))
+    fields = {"name": name, "split": split, "stage": stage, "grid": grid, "version": FEATURES_VERSION,
+              "weights": weights_fingerprint(backbone), "data": data_fingerprint(data)}
+    return f"{name}-{split}-{stage}-{cache_key(fields)}"
 
 
 def _remember(key: str, feats: Features) -> None:
     _MEMORY[key] = feats
     while len(_MEMORY) > _MEMORY_MAX:
         _MEMORY.pop(next(iter(_MEMORY)))
+
+
+def _load_features(path: Path, key: str, y: torch.Tensor) -> dict:
+    """The blob of a feature file, verified: written under ``key``, for the labels ``y``, one row per label."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if blob.get("key") != key:
+        raise ValueError(f"cache key mismatch (file has {blob.get('key')!r}, expected {key!r})")
+    x = blob["x"]
+    if x.dtype != torch.float32 or x.ndim != 2 or len(x) != len(y) or not torch.equal(blob["y"], y):
+        raise ValueError(f"features {x.dtype} {tuple(x.shape)} do not match the {len(y)} labels of the data")
+    return blob
 
 
 def cached_features(model: nn.Module, data, *, stage: str | None = None, grid: int = 1,
@@ -168,11 +176,11 @@ def cached_features(model: nn.Module, data, *, stage: str | None = None, grid: i
 
     The key (see ``feature_key``) changes whenever the weights, the data, the stage or the pooling
     change, so a stale file is never served. Files live in ``cache_dir`` (default
-    ``<data dir>/features``). ``info`` says where they came from (``source``: "memory", "disk" or
-    "computed") and how long that took.
+    ``<data dir>/features``) under the policy of :mod:`tlutils.cache` (verified on load, a bad file
+    reported and rebuilt, atomic writes, built once by concurrent processes). ``refresh``: recompute
+    and overwrite. ``info`` says where they came from (``source``: "memory", "disk" or "computed") and
+    how long that took.
     """
-    from tlutils.config import data_dir
-
     backbone = backbone_of(model)
     stage = stage or list(backbone.stages)[-1]
     _check_stage(backbone, stage)
@@ -182,22 +190,21 @@ def cached_features(model: nn.Module, data, *, stage: str | None = None, grid: i
         return replace(_MEMORY[key], info={"source": "memory", "seconds": time.perf_counter() - start})
     path = Path(cache_dir or data_dir() / "features") / f"{key}.pt"
     classes = list(getattr(data, "classes", []))
-    if not refresh and path.exists():
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            feats = Features(blob["x"], blob["y"], classes or blob["classes"], stage, key,
-                             {"source": "disk", "seconds": time.perf_counter() - start})
-            _remember(key, feats)
-            return feats
-        except Exception:  # unreadable file: recompute it below
-            path.unlink(missing_ok=True)
-    x = extract_features(backbone, data, stage=stage, grid=grid, batch_size=batch_size, device=device)
-    from tlutils.train import as_tensors
-
     y = as_tensors(data)[1].cpu()
-    classes = classes or [str(c) for c in range(int(y.max()) + 1)]
-    _atomic_save({"x": x, "y": y, "classes": classes}, path)
-    feats = Features(x, y, classes, stage, key, {"source": "computed", "seconds": time.perf_counter() - start})
+    computed = []
+
+    def build() -> dict:
+        x = extract_features(backbone, data, stage=stage, grid=grid, batch_size=batch_size, device=device)
+        computed.append(True)
+        return {"x": x, "y": y, "classes": classes or [str(c) for c in range(int(y.max()) + 1)], "key": key}
+
+    if refresh:
+        path.unlink(missing_ok=True)
+    blob = load_or_build(path, build, load=lambda p: _load_features(p, key, y), save=torch.save,
+                         what="feature cache file")
+    source = "computed" if computed else "disk"
+    feats = Features(blob["x"], blob["y"], classes or blob["classes"], stage, key,
+                     {"source": source, "seconds": time.perf_counter() - start})
     _remember(key, feats)
     return feats
 
@@ -219,9 +226,6 @@ def train_linear_head(train, *, num_classes: int | None = None, epochs: int = 10
     ``train`` is a ``Features`` or an ``(x, y)`` tuple. The head takes the backbone's raw features,
     so ``Classifier(backbone, head)`` is the frozen-backbone model. Returns ``(head, History)``.
     """
-    from tlutils.models import make_head
-    from tlutils.train import as_tensors, fit
-
     x, y = as_tensors(train)
     if x.dim() != 2:
         raise ValueError(f"train_linear_head expects (N, D) features, got shape {tuple(x.shape)}; "
@@ -248,8 +252,6 @@ def sklearn_probe(train, test, kind: str = "logreg", C: float = 1.0, max_iter: i
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC, LinearSVC
-
-    from tlutils.train import as_tensors
 
     if kind not in PROBES:
         raise ValueError(f"unknown probe {kind!r}; choose one of {PROBES}")

@@ -11,6 +11,7 @@ import json
 import os
 from collections import OrderedDict
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 import torch.nn.functional as F
@@ -303,13 +304,12 @@ def _versions() -> dict[str, str]:
     return {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
 
 
-def save_checkpoint(model: Classifier, path: str | os.PathLike, **metadata) -> Path:
-    """Save weights plus what is needed to rebuild the model, atomically (temp file + rename).
+def write_checkpoint(model: Classifier, f: BinaryIO, **metadata) -> None:
+    """Write weights plus what is needed to rebuild the model to the binary file ``f``.
 
     Metadata records architecture, backbone config, number of classes, head shape, versions, and any
     keyword given (domain, classes, profile, seed, metrics...).
     """
-    path = Path(path)
     head_hidden = model.head[0].out_features if isinstance(model.head, nn.Sequential) else None
     num_classes = model.head[-1].out_features if isinstance(model.head, nn.Sequential) else model.head.out_features
     meta = {
@@ -321,8 +321,12 @@ def save_checkpoint(model: Classifier, path: str | os.PathLike, **metadata) -> P
         **metadata,
     }
     meta = json.loads(json.dumps(meta, default=str))  # plain types only: loadable with weights_only=True
-    atomic_write(path, lambda f: torch.save({"metadata": meta, "state_dict": model.state_dict()}, f))
-    return path
+    torch.save({"metadata": meta, "state_dict": model.state_dict()}, f)
+
+
+def save_checkpoint(model: Classifier, path: str | os.PathLike, **metadata) -> Path:
+    """:func:`write_checkpoint` to ``path`` atomically (temp file + rename); returns ``path``."""
+    return atomic_write(path, lambda f: write_checkpoint(model, f, **metadata))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[Classifier, dict]:

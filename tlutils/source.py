@@ -2,21 +2,24 @@
 
 Notebook 00 trains it step by step; every later chapter calls ``load_source_model(cfg)``, which
 loads the checkpoint keyed by the recipe (profile, seed, sizes) and trains it if it is missing or
-unreadable. The recipe lives here, not in a notebook, so both paths build the same model.
+unreadable (the policy of :mod:`tlutils.cache`: a bad file is reported, deleted and rebuilt; two
+processes that need it at once train it once). The recipe lives here, not in a notebook, so both
+paths build the same model.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import warnings
 from pathlib import Path
 
 import torch
 
+from tlutils.cache import cache_key, load_or_build
 from tlutils.config import Setup
-from tlutils.models import Classifier, build_model, load_checkpoint, save_checkpoint
+from tlutils.data import load_domain
+from tlutils.models import Classifier, build_model, load_checkpoint, save_checkpoint, write_checkpoint
 from tlutils.schedules import LRSchedule, one_cycle
+from tlutils.train import History, evaluate, fit
 
 RECIPE_VERSION = 2  # 2: one-cycle as a function of progress (tlutils.schedules), no momentum cycling
 
@@ -39,16 +42,14 @@ def source_recipe(cfg: Setup) -> dict:
 
 
 def checkpoint_path(cfg: Setup, recipe: dict | None = None) -> Path:
-    """``<data dir>/checkpoints/source-<hash of the recipe>.pt``."""
+    """``<data dir>/checkpoints/source-<arch>-<cache_key of the recipe>.pt``."""
     recipe = recipe or source_recipe(cfg)
-    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    key = cache_key(recipe, length=12)
     return cfg.data_dir / "checkpoints" / f"source-{recipe['arch']}-{key}.pt"
 
 
 def load_source_data(cfg: Setup, recipe: dict | None = None):
     """The glyph source domain of the recipe: ``(train, test)`` Domains (different renders, same classes)."""
-    from tlutils.data import load_domain
-
     recipe = recipe or source_recipe(cfg)
     opts = dict(alphabets=recipe["alphabets"], num_classes=recipe["num_classes"], per_class=recipe["per_class"])
     train = load_domain(recipe["domain"], "train", seed=recipe["seed"], **opts)
@@ -63,14 +64,15 @@ def pretrain_schedule(p: float) -> float:
     return one_cycle(p, pct_start=0.2, div_factor=25.0, final_div_factor=25e4)
 
 
-def pretrain_source(cfg: Setup, recipe: dict | None = None, data=None, progress: bool | None = None):
-    """Train the source model from scratch; save it; return ``(model, history, metadata)``.
+def pretrain_source(
+    cfg: Setup, recipe: dict | None = None, data=None, progress: bool | None = None, *, save: bool = True
+) -> tuple[Classifier, History, dict]:
+    """Train the source model from scratch; save it at ``checkpoint_path`` (unless ``save=False``), replacing any
+    file there; return ``(model on the CPU, history, metadata)``.
 
     One-cycle learning rate (:func:`pretrain_schedule`: warm-up then cosine decay) with AdamW: the
     schedule that reaches a good source accuracy in few epochs, which is what the quick profile needs.
     """
-    from tlutils.train import evaluate, fit
-
     recipe = recipe or source_recipe(cfg)
     train, test = data or load_source_data(cfg, recipe)
     torch.manual_seed(recipe["seed"])
@@ -99,24 +101,44 @@ def pretrain_source(cfg: Setup, recipe: dict | None = None, data=None, progress:
         "source_test_acc": metrics["acc"],
         "history": history.epochs,
     }
-    save_checkpoint(model.cpu(), checkpoint_path(cfg, recipe), **meta)
-    return model, history, meta
+    if save:
+        save_checkpoint(model.cpu(), checkpoint_path(cfg, recipe), **meta)
+    return model.cpu(), history, meta
+
+
+def _load_source_checkpoint(path: Path, recipe: dict) -> tuple[Classifier, dict]:
+    """``load_checkpoint(path)``, verified to hold the model of ``recipe`` (raises ValueError otherwise)."""
+    model, meta = load_checkpoint(path)
+    stored, expected = meta.get("recipe") or {}, json.loads(json.dumps(recipe))  # as stored: plain JSON types
+    differ = sorted(k for k in {*stored, *expected} if stored.get(k) != expected.get(k))
+    if differ:
+        raise ValueError(f"it was trained with another recipe (differs in {', '.join(differ)})")
+    return model, meta
 
 
 def load_source_model(cfg: Setup, build_if_missing: bool = True) -> tuple[Classifier, dict]:
-    """The pretrained source model of the active profile: loaded from the data dir, or trained now."""
-    path = checkpoint_path(cfg)
-    if path.exists():
-        try:
-            return load_checkpoint(path)
-        except ValueError as exc:
-            warnings.warn(f"{exc}; retraining the source model", stacklevel=2)
-            path.unlink(missing_ok=True)
-    if not build_if_missing:
-        raise FileNotFoundError(
-            f"no source checkpoint at {path}; run notebooks/00_pretrain_source.ipynb "
-            "or call load_source_model(cfg, build_if_missing=True)"
-        )
-    print(f"source checkpoint {path.name} not found: pretraining it now (notebook 00's recipe)")
-    model, _, meta = pretrain_source(cfg)
-    return model.cpu(), meta
+    """The pretrained source model of the active profile: loaded from the data dir, or trained now (and saved).
+
+    A bad checkpoint is reported, deleted and retrained; two processes that both miss it train it once
+    (the second waits, then loads). ``build_if_missing=False``: FileNotFoundError instead of training.
+    """
+    recipe = source_recipe(cfg)
+    path = checkpoint_path(cfg, recipe)
+
+    def build() -> tuple[Classifier, dict]:
+        if not build_if_missing:
+            raise FileNotFoundError(
+                f"no source checkpoint at {path}; run notebooks/00_pretrain_source.ipynb "
+                "or call load_source_model(cfg, build_if_missing=True)"
+            )
+        print(f"source checkpoint {path.name} not found: pretraining it now (notebook 00's recipe)")
+        model, _, meta = pretrain_source(cfg, recipe, save=False)
+        return model, meta
+
+    return load_or_build(
+        path,
+        build,
+        load=lambda p: _load_source_checkpoint(p, recipe),
+        save=lambda value, f: write_checkpoint(value[0], f, **value[1]),
+        what="source checkpoint",
+    )

@@ -8,7 +8,8 @@ Built-in (offline) domains: ``glyphs``, ``mnist5k``, ``mnistm-lite``, ``syndigit
 Online (torchvision, ``download=True`` to fetch): ``mnist``, ``svhn``, ``usps``, ``cifar10``,
 ``omniglot``, ``mnistm``; offline they fail at once with ``DomainUnavailableError`` naming the built-in
 alternative. Your own photos: ``load_domain("folder", split, root=PATH)`` (one subfolder per class).
-Generated arrays are cached under ``data_dir()/"domains"`` (checksummed, written atomically).
+Generated arrays are cached under ``data_dir()/"domains"`` with the policy of ``tlutils.cache`` (a sha256
+checksum verified on load, a bad file reported and rebuilt, atomic writes, built once under a file lock).
 """
 
 from tlutils.data import digits, folder, glyphs, online, syndigits  # noqa: F401  (importing registers the domains)

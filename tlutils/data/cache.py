@@ -1,33 +1,28 @@
-"""Content-checked, atomically written cache of generated domains.
+"""Content-checked cache of generated domains, on the one cache policy of :mod:`tlutils.cache`.
 
 A domain is stored as one ``.npz`` file under ``data_dir()/"domains"``: images as uint8 (one channel
 when grayscale), labels as int64, and a JSON header (cache key, classes, info). A sha256 over all of
-it is embedded and verified on load, and the file is first written to a temporary name in the same
-directory and then moved into place with ``os.replace``. So a killed write leaves at most a
-``.tmp`` file that is never read, and a truncated, corrupted or mismatched file is detected, reported
-with a warning and rebuilt.
+it is embedded and verified on load (:func:`read_arrays`); :func:`tlutils.cache.load_or_build` does the
+rest: a truncated, corrupted or mismatched file is reported with a warning, deleted and rebuilt; files
+are written atomically (a killed write leaves at most a ``.tmp`` file that is never read); and a file
+lock makes two processes that need the same missing domain build it once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 
+from tlutils import cache
 from tlutils.config import data_dir
 
 FORMAT = 1
 """Version of the file layout itself (bump to invalidate every cached file)."""
-_TMP_SUFFIX = ".tmp"
-_STALE_TMP_SECONDS = 24 * 3600
 
 
 class Arrays(NamedTuple):
@@ -47,9 +42,8 @@ def cache_dir() -> Path:
 
 
 def cache_key(fields: dict) -> str:
-    """Stable hash of the JSON-serialisable ``fields`` (name, builder version, options, seed, split)."""
-    blob = json.dumps({"format": FORMAT, **fields}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+    """:func:`tlutils.cache.cache_key` of ``fields`` (name, split, builder version, options, seed) and ``FORMAT``."""
+    return cache.cache_key({"format": FORMAT, **fields}, length=20)
 
 
 def cache_path(name: str, split: str, key: str) -> Path:
@@ -82,27 +76,17 @@ def _validate(arrays: Arrays) -> None:
         raise ValueError(f"labels out of range for {len(arrays.classes)} classes")
 
 
-def write_arrays(path: Path, arrays: Arrays, key: str) -> None:
-    """Write ``arrays`` to ``path`` atomically (temp file in the same directory, fsync, ``os.replace``)."""
+def write_arrays(f: BinaryIO, arrays: Arrays, key: str) -> None:
+    """Write ``arrays`` with their header and embedded sha256 to the binary file ``f``."""
     header = json.dumps({"key": key, "classes": list(arrays.classes), "info": arrays.info}).encode()
     digest = _checksum(arrays.x, arrays.y, header)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(
-                f,
-                x=arrays.x,
-                y=arrays.y,
-                header=np.frombuffer(header, dtype=np.uint8),
-                sha256=np.frombuffer(digest.encode(), dtype=np.uint8),
-            )
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; the cache is an ordinary shared file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    np.savez_compressed(
+        f,
+        x=arrays.x,
+        y=arrays.y,
+        header=np.frombuffer(header, dtype=np.uint8),
+        sha256=np.frombuffer(digest.encode(), dtype=np.uint8),
+    )
 
 
 def read_arrays(path: Path, key: str) -> Arrays:
@@ -122,50 +106,37 @@ def read_arrays(path: Path, key: str) -> Arrays:
     return arrays
 
 
-def _remove_stale_tmp(directory: Path) -> None:
-    """Delete temp files left by writes killed more than a day ago (they are never read)."""
-    now = time.time()
-    for tmp in directory.glob(f".*{_TMP_SUFFIX}"):
-        try:
-            if now - tmp.stat().st_mtime > _STALE_TMP_SECONDS:
-                tmp.unlink()
-        except OSError:
-            pass
-
-
 def cached(
     name: str, split: str, fields: dict, build: Callable[[], Arrays], *, use_cache: bool = True
 ) -> Arrays:
     """Return the arrays for ``fields`` from the cache, building (and caching) them when absent or invalid."""
-    key = cache_key({"name": name, "split": split, **fields})
-    if not use_cache:
+
+    def checked_build() -> Arrays:
         arrays = build()
         _validate(arrays)
         return arrays
-    path = cache_path(name, split, key)
-    if path.exists():
-        try:
-            return read_arrays(path, key)
-        except Exception as err:  # noqa: BLE001 - any unreadable file is rebuilt, never trusted
-            warnings.warn(
-                f"cache file {path} is invalid ({type(err).__name__}: {err}); rebuilding it", stacklevel=3
-            )
-    arrays = build()
-    _validate(arrays)
-    try:
-        write_arrays(path, arrays, key)
-        _remove_stale_tmp(path.parent)
-    except OSError as err:
-        warnings.warn(f"could not write cache file {path} ({err}); continuing without caching", stacklevel=3)
-    return arrays
+
+    if not use_cache:
+        return checked_build()
+    key = cache_key({"name": name, "split": split, **fields})
+    return cache.load_or_build(
+        cache_path(name, split, key),
+        checked_build,
+        load=lambda path: read_arrays(path, key),
+        save=lambda arrays, f: write_arrays(f, arrays, key),
+        what="domain cache file",
+    )
 
 
 def clear_cache(name: str | None = None) -> int:
-    """Delete cached domain files (all, or those of domain ``name``); return how many were removed."""
+    """Delete cached domain files and leftover temp files (all, or those of domain ``name``); return how many.
+
+    The empty lock files stay (see :func:`tlutils.cache.file_lock`).
+    """
     removed = 0
     for path in cache_dir().iterdir():
         base = path.name.lstrip(".")
-        if path.is_file() and (name is None or base.startswith(f"{name}-")):
+        if path.is_file() and not base.endswith(".lock") and (name is None or base.startswith(f"{name}-")):
             path.unlink(missing_ok=True)
             removed += 1
     return removed
