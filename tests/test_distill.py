@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from tlutils import distill
 from tlutils.data.domain import Domain
-from tlutils.finetune import Recipe
+from tlutils.finetune import StrategyRecipe
 from tlutils.models import Classifier, build_model, count_parameters, make_head, resnet_small
 from tlutils.train import accuracy
 
@@ -194,7 +194,7 @@ def test_multitask_and_lwf_train_both_heads_and_leave_the_source_alone(one_threa
     before = {k: v.clone() for k, v in source.state_dict().items()}
     target = toy_domain(n_per_class=4)
     src = toy_domain(n_per_class=5, classes=4, seed=1)
-    recipe = Recipe(epochs=1, batch_size=8, min_epoch=16)
+    recipe = StrategyRecipe(epochs=1, batch_size=8, min_epoch=16)
     for model in (distill.multitask(source, target, src, recipe=recipe, seed=0),
                   distill.learning_without_forgetting(source, target, recipe=recipe, seed=0)):
         assert not model.training

@@ -1,30 +1,27 @@
 """Unit tests for tlutils.finetune: freezing, batch norm in frozen parts, discriminative rates, schedules."""
 
-from dataclasses import replace
+import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from tlutils.finetune import (
-    STRATEGIES,
     GradualUnfreezing,
-    Recipe,
     discriminative_groups,
     discriminative_lrs,
     fine_tune,
+    fit_one_cycle,
     freeze,
-    label_budget_curve,
     part_names,
     replace_head,
-    select_lr,
     staged_unfreezing,
     tile,
-    train_strategy,
     trainable_parts,
     unfreeze,
+    with_new_head,
 )
-from tlutils.models import build_model
+from tlutils.models import Classifier, build_model
 from tlutils.train import fit
 
 PARTS = ["stem", "stage1", "stage2", "stage3", "stage4", "head"]
@@ -204,64 +201,28 @@ def test_tile_repeats_small_sets():
     assert len(x) == 70 and torch.equal(y[:10], y[10:20])
 
 
-def toy_domain(n_per_class: int = 6, num_classes: int = 3):
-    from tlutils.data.domain import Domain
-
-    x, y = toy_data(n_per_class * num_classes, num_classes)
-    return Domain(x, y, [str(c) for c in range(num_classes)], "toy", "train")
-
-
-def test_strategies_are_deterministic_and_leave_the_source_alone(tmp_data):
-    source = tiny_model()
+def test_with_new_head_copies_the_backbone_and_seeds_the_head():
+    source = tiny_model(num_classes=7)
     before = [p.clone() for p in source.parameters()]
-    recipe = Recipe(epochs=2, batch_size=8, min_epoch=16, head_epochs=5)
-    train = toy_domain()
-    for strategy in STRATEGIES:
-        a = train_strategy(strategy, source, train, num_classes=3, recipe=recipe, seed=1)
-        b = train_strategy(strategy, source, train, num_classes=3, recipe=recipe, seed=1)
-        assert all_equal(a.parameters(), b.parameters()), strategy
-    assert all_equal(before, source.parameters())
+    a = with_new_head(source, 5, seed=3)
+    b = with_new_head(source, 5, seed=3)
+    assert all_equal(a.head.parameters(), b.head.parameters()), "same seed, same head"
+    assert all_equal(a.backbone.parameters(), source.backbone.parameters()), "the backbone's weights are copied"
+    assert a.backbone is not source.backbone and a(toy_data(2)[0]).shape == (2, 5)
+    torch.manual_seed(3)
+    by_hand = replace_head(Classifier(copy.deepcopy(source.backbone), torch.nn.Identity()), 5)
+    assert all_equal(a.parameters(), by_hand.parameters()), "the same as the line written by hand"
+    with torch.no_grad():
+        next(a.backbone.parameters()).add_(1.0)
+    assert all_equal(before, source.parameters()), "the source model is never modified"
+    two_layer = with_new_head(source, 4, hidden=8).head
+    assert [type(m).__name__ for m in two_layer] == ["Linear", "ReLU", "Dropout", "Linear"]
 
 
-def test_label_budget_curve_shape(tmp_data):
-    recipe = Recipe(epochs=1, batch_size=8, min_epoch=8, head_epochs=3)
-    curve = label_budget_curve(tiny_model(), toy_domain(), toy_domain(), budgets=(1, 2), seeds=(0, 1),
-                               recipe=recipe, progress=False)
-    assert set(curve) == set(STRATEGIES)
-    files = sorted((tmp_data / "budget_runs").glob("*.json"))
-    assert len(files) == 4 * 2 * 2
-    assert label_budget_curve(tiny_model(), toy_domain(), toy_domain(), budgets=(1, 2), seeds=(0, 1),
-                              recipe=recipe, progress=False) == curve, "a cached run returns the same number"
-    assert sorted((tmp_data / "budget_runs").glob("*.json")) == files
-    for per_k in curve.values():
-        assert list(per_k) == [1, 2] and all(len(v) == 2 and all(0 <= a <= 1 for a in v) for v in per_k.values())
-    with pytest.raises(ValueError, match="unknown strategies"):
-        label_budget_curve(tiny_model(), toy_domain(), toy_domain(), strategies=["magic"])
-
-
-def test_changing_one_strategys_rate_keeps_the_other_runs_cached(tmp_data):
-    base = Recipe(epochs=1, batch_size=8, min_epoch=8, head_epochs=3)
-    label_budget_curve(tiny_model(), toy_domain(), toy_domain(), budgets=(1,), seeds=(0,), recipe=base,
-                       progress=False)
-    first = {p.name for p in (tmp_data / "budget_runs").glob("*.json")}
-    label_budget_curve(tiny_model(), toy_domain(), toy_domain(), budgets=(1,), seeds=(0,),
-                       recipe=replace(base, lr_staged=base.lr_staged * 3), progress=False)
-    new = {p.name for p in (tmp_data / "budget_runs").glob("*.json")} - first
-    assert len(new) == 1 and next(iter(new)).startswith("staged-"), new
-    label_budget_curve(tiny_model(), toy_domain(), toy_domain(), strategies=("finetune", "linear_probe"),
-                       budgets=(1,), seeds=(0,), recipe=replace(base, augment="digits"), progress=False)
-    new = {p.name for p in (tmp_data / "budget_runs").glob("*.json")} - first
-    assert sorted(n.split("-")[0] for n in new) == ["finetune", "staged"], "augment keys trained runs, not the probe"
-
-
-def test_augmented_strategy_differs_and_select_lr_picks_the_best(tmp_data):
-    recipe = Recipe(epochs=1, batch_size=8, min_epoch=16)
-    plain = train_strategy("finetune", tiny_model(), toy_domain(), num_classes=3, recipe=recipe, seed=1)
-    jittered = train_strategy("finetune", tiny_model(), toy_domain(), num_classes=3,
-                              recipe=replace(recipe, augment="digits"), seed=1)
-    assert not all_equal(plain.parameters(), jittered.parameters()), "augmentation changes the training batches"
-    best, scores = select_lr(tiny_model(), toy_domain(), toy_domain(3), strategy="finetune", lrs=[1e-4, 1e-2],
-                             k=2, recipe=recipe)
-    assert set(scores) == {1e-4, 1e-2} and scores[best] == max(scores.values())
-    with pytest.raises(ValueError, match="trained strategy"):
-        select_lr(tiny_model(), toy_domain(), toy_domain(), strategy="linear_probe", lrs=[1e-3], k=1)
+def test_fit_one_cycle_peaks_at_each_groups_rate_and_ends_low():
+    model = tiny_model()
+    groups = [{"params": list(model.head.parameters()), "lr": 1e-2},
+              {"params": list(model.backbone.parameters()), "lr": 1e-3}]
+    history = fit_one_cycle(model, toy_data(64), groups, epochs=2, batch_size=16, progress=False, seed=0)
+    assert len(history.steps) == 2 * 4
+    assert history.epochs[-1]["lr"] < 1e-2 / 10, "one-cycle ends far below its peak"

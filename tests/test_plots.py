@@ -24,3 +24,24 @@ def test_sample_grid_labels_every_tile_and_has_no_meaningless_axis_labels():
     ax = filter_grid(torch.randn(6, 3, 3, 3))
     assert "3x3" in ax.get_xlabel() and ax.get_ylabel() == ""
     plt.close("all")
+
+
+def test_plot_budget_curves_labels_axes_and_every_line():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tlutils.plots import plot_budget_curves
+
+    rows = [{"strategy": s, "k": k, "mean": m, "std": 0.01, "n": 3}
+            for s, base in (("scratch", 0.2), ("linear_probe", 0.6)) for k, m in ((1, base), (10, base + 0.2))]
+    ax = plot_budget_curves(rows, all_labels={"linear_probe": 0.9, "scratch": 0.95}, title="t")
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["scratch", "linear probe", "linear probe, all labels", "scratch, all labels"], "curves first"
+    assert "examples per class" in ax.get_xlabel() and ax.get_ylabel() == "test accuracy" and ax.get_title() == "t"
+    assert ax.get_xscale() == "log" and list(ax.get_xticks()) == [1, 10]
+    assert abs(ax.get_ylim()[1] - 0.97) < 1e-12, "room for the all-labels lines"
+    ax = plot_budget_curves(rows, strategies=["linear_probe"])
+    assert ax.get_legend_handles_labels()[1] == ["linear probe"] and "3 seeds" in ax.get_title()
+    plt.close("all")

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tlutils.finetune import Recipe, tile
+from tlutils.finetune import StrategyRecipe, tile
 from tlutils.models import Classifier, make_head, resnet_small
 from tlutils.schedules import LRSchedule, one_cycle
 from tlutils.train import fit, predict
@@ -232,7 +232,7 @@ class LwFStep:
                 "old_task_loss": old_loss.detach()}
 
 
-def _fit_recipe(model: MultiHead, data, step_fn, recipe: Recipe, seed: int, device, desc: str) -> None:
+def _fit_recipe(model: MultiHead, data, step_fn, recipe: StrategyRecipe, seed: int, device, desc: str) -> None:
     """Chapter 02's fine-tuning schedule: ``recipe.epochs`` at peak rate ``recipe.lr_finetune``, one-cycle."""
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr_finetune, weight_decay=recipe.weight_decay)
     fit(model, data, epochs=recipe.epochs, optimizer=opt, callbacks=[LRSchedule(one_cycle)],
@@ -240,8 +240,8 @@ def _fit_recipe(model: MultiHead, data, step_fn, recipe: Recipe, seed: int, devi
     model.eval()
 
 
-def multitask(source: Classifier, target, source_train, *, recipe: Recipe = Recipe(), weight: float = 1.0,
-              seed: int = 0, device=None) -> MultiHead:
+def multitask(source: Classifier, target, source_train, *, recipe: StrategyRecipe = StrategyRecipe(),
+              weight: float = 1.0, seed: int = 0, device=None) -> MultiHead:
     """Train the source backbone jointly on labelled ``target`` and on ``source_train`` (the old task's data).
 
     Same steps and rates as chapter 02's fine-tuning (``recipe``); each step also sees a source batch.
@@ -253,8 +253,8 @@ def multitask(source: Classifier, target, source_train, *, recipe: Recipe = Reci
     return model
 
 
-def learning_without_forgetting(source: Classifier, target, *, recipe: Recipe = Recipe(), T: float = 2.0,
-                                weight: float = 1.0, seed: int = 0, device=None) -> MultiHead:
+def learning_without_forgetting(source: Classifier, target, *, recipe: StrategyRecipe = StrategyRecipe(),
+                                T: float = 2.0, weight: float = 1.0, seed: int = 0, device=None) -> MultiHead:
     """Li & Hoiem (2016): fine-tune on labelled ``target`` while the source head keeps its own outputs on them.
 
     No source images are needed: the old head's logits on the target images, recorded before training,

@@ -11,8 +11,11 @@ A ``Classifier`` is seen as an ordered list of parts, bottom-up: the backbone's 
 * ``GradualUnfreezing``: a ``fit`` callback that trains the head first and unfreezes one stage per
   epoch top-down (ULMFiT), keeping the optimizer in step with the newly trainable parameters.
 * ``fine_tune``: fastai's recipe (frozen epochs for the head, then everything with discriminative rates).
-* ``train_strategy`` / ``label_budget_curve``: the four strategies of the chapters (scratch,
-  linear probe, full fine-tuning, staged unfreezing) on the same target and label budgets.
+* ``with_new_head``: a copy of a pretrained model's backbone with a fresh head, the start of every strategy;
+  ``tile`` and ``fit_one_cycle``: small labelled sets repeated into epochs of several steps, trained one-cycle;
+  ``StrategyRecipe``: the sizes and rates of the strategies of chapters 01-03 (chapter 07 reuses them).
+
+The label-budget experiment that compares the strategies (chapters 01-03) is ``tlutils.budget``.
 """
 
 from __future__ import annotations
@@ -26,10 +29,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from tlutils.atomic import atomic_write_text
-from tlutils.models import make_head
+from tlutils.models import Classifier, make_head
 from tlutils.schedules import LRSchedule, one_cycle
-from tlutils.train import History, fit
+from tlutils.train import History, as_tensors, fit
 
 HEAD = "head"
 ULMFIT_FACTOR = 2.6
@@ -116,10 +118,22 @@ def replace_head(model: nn.Module, num_classes: int, hidden: int | None = None, 
 
     The two-layer head is the one many tutorials use in a common ResNet-50 recipe; the old head is discarded.
     """
-
     head = make_head(model.backbone.out_features, num_classes, hidden=hidden, dropout=dropout)
     model.head = head.to(next(model.backbone.parameters()).device)
     return model
+
+
+def with_new_head(source_model: nn.Module, num_classes: int, *, hidden: int | None = None, dropout: float = 0.5,
+                  seed: int | None = None) -> Classifier:
+    """A new ``Classifier``: a deep copy of ``source_model``'s backbone and a fresh head (see ``replace_head``).
+
+    ``source_model`` is not modified. ``seed``: when given, ``torch.manual_seed(seed)`` first, so the head's
+    initialisation is reproducible (this reseeds torch's global generator, as the line written by hand would).
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    return replace_head(Classifier(copy.deepcopy(source_model.backbone), nn.Identity()), num_classes, hidden=hidden,
+                        dropout=dropout)
 
 
 def reinitialise(module: nn.Module) -> nn.Module:
@@ -274,16 +288,12 @@ def fine_tune(model: nn.Module, train, *, epochs: int, lr: float = 1e-3, freeze_
     return history
 
 
-# ----------------------------------------------------------------------------- strategies and label budgets
-
-STRATEGIES = ("scratch", "linear_probe", "finetune", "staged")
-STRATEGY_VERSION = 1
-"""Bump when a strategy's training changes, so cached label-budget results are not reused."""
+# ----------------------------------------------------------------------------- the strategies' recipe
 
 
 @dataclass(frozen=True)
-class Recipe:
-    """Sizes and rates of the strategies.
+class StrategyRecipe:
+    """Sizes and rates of the strategies of chapters 01-03 (``tlutils.budget``).
 
     Every trained strategy runs ``epochs`` epochs with a one-cycle schedule at its own peak rate.
     ``min_epoch`` tiles tiny labelled sets so an epoch has at least that many examples (1 label per
@@ -313,191 +323,14 @@ class Recipe:
 
 def tile(data, min_size: int):
     """Repeat a small labelled set until it has at least ``min_size`` examples (an epoch of several steps)."""
-    from tlutils.train import as_tensors
-
     x, y = as_tensors(data)
     reps = max(1, math.ceil(min_size / max(1, len(x))))
     return (x.repeat(reps, *([1] * (x.dim() - 1))), y.repeat(reps)) if reps > 1 else (x, y)
 
 
-def _fit_one_cycle(model: nn.Module, data, groups: list[dict], recipe: Recipe, **fit_kwargs):
-    from tlutils.train import fit
-
-    opt = torch.optim.AdamW(groups, weight_decay=recipe.weight_decay)
-    return fit(model, data, epochs=recipe.epochs, optimizer=opt, callbacks=[LRSchedule(one_cycle)], **fit_kwargs)
-
-
-def train_strategy(strategy: str, source: nn.Module, train, *, num_classes: int, recipe: Recipe = Recipe(),
-                   seed: int = 0, device: str | torch.device | None = None, head_hidden: int | None = None,
-                   train_features=None) -> nn.Module:
-    """Train one strategy on labelled ``train`` and return the resulting ``Classifier`` (in eval mode).
-
-    * ``scratch``: the source's architecture with random weights, every layer at ``lr_scratch``.
-    * ``linear_probe``: the frozen source backbone + a new head trained on cached features
-      (``train_features``: the ``Features`` of ``train``; extracted here when not given).
-    * ``finetune``: the source backbone + new head, every layer at ``lr_finetune``.
-    * ``staged``: ULMFiT: discriminative rates (``lr_staged / factor**k``) + gradual unfreezing.
-    The source model is never modified; ``seed`` fixes the new head, the random init and the batch order.
-    """
-    from tlutils.augment import get as get_augment
-    from tlutils.features import cached_features, train_linear_head
-    from tlutils.models import Classifier
-
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
-    torch.manual_seed(seed)
-    model = Classifier(copy.deepcopy(source.backbone), nn.Identity())
-    replace_head(model, num_classes, hidden=head_hidden)
-    unfreeze(model)
-    common = dict(batch_size=recipe.batch_size, device=device, seed=seed, progress=False, desc=strategy,
-                  augment=get_augment(recipe.augment))
-    if strategy == "linear_probe":
-        feats = train_features if train_features is not None else cached_features(model, train, device=device)
-        model.head, _ = train_linear_head(feats, num_classes=num_classes, epochs=recipe.head_epochs,
-                                          lr=recipe.lr_head, weight_decay=recipe.weight_decay, hidden=head_hidden,
-                                          device=device, seed=seed)
-        freeze(model)
-        return model.eval()
-    data = tile(train, recipe.min_epoch)
-    if strategy == "scratch":
-        reinitialise(model.backbone)
-        _fit_one_cycle(model, data, [{"params": list(model.parameters()), "lr": recipe.lr_scratch}], recipe, **common)
-    elif strategy == "finetune":
-        _fit_one_cycle(model, data, [{"params": list(model.parameters()), "lr": recipe.lr_finetune}], recipe,
-                       **common)
-    else:
-        staged_unfreezing(model, data, epochs=recipe.epochs, lr=recipe.lr_staged, factor=recipe.factor,
-                          weight_decay=recipe.weight_decay, **common)
-        unfreeze(model)
-    return model.eval()
-
-
-def _code_fingerprint() -> str:
-    """Hash of the source of the modules a run goes through, so edited code never reuses cached numbers."""
-    import hashlib
-    import importlib
-    from pathlib import Path
-
-    h = hashlib.blake2b(digest_size=8)
-    for name in ("tlutils.finetune", "tlutils.features", "tlutils.models", "tlutils.train", "tlutils.augment"):
-        h.update(Path(importlib.import_module(name).__file__).read_bytes())
-    return h.hexdigest()
-
-
-def _run_identity(recipe: Recipe, source: nn.Module, train, test, head_hidden: int | None,
-                  device: torch.device) -> dict:
-    """Everything besides (strategy, k, seed) that determines a label-budget run's accuracy."""
-    from tlutils.features import data_fingerprint, weights_fingerprint
-
-    return {"version": STRATEGY_VERSION, "code": _code_fingerprint(), "recipe": recipe.as_dict(),
-            "head_hidden": head_hidden,
-            "source": weights_fingerprint(source.backbone), "train": data_fingerprint(train),
-            "test": data_fingerprint(test), "torch": torch.__version__, "device": device.type,
-            "threads": torch.get_num_threads() if device.type == "cpu" else None}
-
-
-RECIPE_FIELDS = {
-    "scratch": ("epochs", "batch_size", "min_epoch", "weight_decay", "augment", "lr_scratch"),
-    "finetune": ("epochs", "batch_size", "min_epoch", "weight_decay", "augment", "lr_finetune"),
-    "staged": ("epochs", "batch_size", "min_epoch", "weight_decay", "augment", "lr_staged", "factor"),
-    "linear_probe": ("head_epochs", "lr_head", "weight_decay"),
-}
-"""The recipe fields each strategy's training reads: a run's cache key holds only these, so changing one
-strategy's rate (chapter 03 tunes staged's) leaves the other strategies' cached runs valid."""
-
-
-def _run_key(identity: dict, strategy: str, k: int, seed: int) -> str:
-    import hashlib
-    import json
-
-    recipe = identity.get("recipe", {})
-    fields = {**identity, "recipe": {f: recipe[f] for f in RECIPE_FIELDS[strategy] if f in recipe},
-              "strategy": strategy, "k": int(k), "seed": int(seed)}
-    return f"{strategy}-k{k}-s{seed}-" + hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def label_budget_curve(source: nn.Module, train, test, *, strategies: Sequence[str] = STRATEGIES,
-                       budgets: Sequence[int] = (1, 5, 10, 50), seeds: Sequence[int] = (0, 1, 2),
-                       recipe: Recipe = Recipe(), device: str | torch.device | None = None,
-                       head_hidden: int | None = None, cache: bool = True,
-                       progress: bool | None = None) -> dict[str, dict[int, list[float]]]:
-    """Test accuracy of each strategy at each label budget (``k`` labels per class) and seed.
-
-    Seed ``s`` draws the labelled subset ``train.per_class(k, s)`` and initialises the new head, so
-    every strategy sees the same examples. Returns ``{strategy: {k: [acc per seed]}}`` (fractions).
-
-    With ``cache`` each run's accuracy is kept in ``<data dir>/budget_runs``, keyed by everything
-    that determines it (strategy, k, seed, recipe, source weights, data, the source code of the
-    modules involved, torch version, device type, CPU threads), so chapters that share runs (01-03) compute each
-    one once; on the same machine a cached run is the number a fresh run gives.
-    """
-    import json
-
-    from tlutils.config import data_dir, get_device
-    from tlutils.features import cached_features
-    from tlutils.train import accuracy, make_progress, progress_enabled
-
-    unknown = [s for s in strategies if s not in STRATEGIES]
-    if unknown:
-        raise ValueError(f"unknown strategies {unknown}; choose from {STRATEGIES}")
-    device = get_device(device) if not isinstance(device, torch.device) else device
-    cache_dir = data_dir() / "budget_runs"
-    identity = _run_identity(recipe, source, train, test, head_hidden, device) if cache else {}
-    out: dict[str, dict[int, list[float]]] = {s: {int(k): [] for k in budgets} for s in strategies}
-    feats = test_feats = None
-    bar = make_progress(len(strategies) * len(budgets) * len(seeds), "label budgets", progress_enabled(progress))
-    for k in budgets:
-        for seed in seeds:
-            index = train.per_class_index(k, seed)
-            labelled = train.subset(index)
-            for strategy in strategies:
-                path = cache_dir / f"{_run_key(identity, strategy, k, seed)}.json"
-                acc = json.loads(path.read_text())["acc"] if cache and path.exists() else None
-                if acc is None and strategy == "linear_probe":
-                    if feats is None:
-                        feats = cached_features(source, train, device=device)
-                        test_feats = cached_features(source, test, device=device)
-                    model = train_strategy(strategy, source, labelled, num_classes=train.num_classes, recipe=recipe,
-                                           seed=seed, device=device, head_hidden=head_hidden,
-                                           train_features=feats.subset(index))
-                    acc = accuracy(model.head, test_feats, device=device)
-                elif acc is None:
-                    model = train_strategy(strategy, source, labelled, num_classes=train.num_classes,
-                                           recipe=recipe, seed=seed, device=device, head_hidden=head_hidden)
-                    acc = accuracy(model, test, device=device)
-                if cache and not path.exists():
-                    atomic_write_text(path, json.dumps({"acc": acc, "strategy": strategy, "k": int(k),
-                                                        "seed": int(seed)}))
-                out[strategy][int(k)].append(acc)
-                if bar is not None:
-                    bar.update(1)
-    if bar is not None:
-        bar.close()
-    return out
-
-
-def select_lr(source: nn.Module, train, val, *, strategy: str, lrs: Sequence[float], k: int, seed: int = 0,
-              recipe: Recipe = Recipe(), device: str | torch.device | None = None) -> tuple[float, dict[float, float]]:
-    """Choose ``strategy``'s peak learning rate on a validation split: train once per rate on
-    ``train.per_class(k, seed)`` and score on ``val``. Returns ``(best rate, {rate: val accuracy})``
-    (ties go to the first rate listed). Runs are cached like ``label_budget_curve``'s (keyed by ``val``)."""
-    from dataclasses import replace
-
-    field = {"scratch": "lr_scratch", "finetune": "lr_finetune", "staged": "lr_staged"}.get(strategy)
-    if field is None:
-        raise ValueError(f"select_lr tunes a trained strategy (scratch, finetune, staged), not {strategy!r}")
-    scores = {}
-    for lr in lrs:
-        run = label_budget_curve(source, train, val, strategies=(strategy,), budgets=[k], seeds=[seed],
-                                 recipe=replace(recipe, **{field: lr}), device=device, progress=False)
-        scores[lr] = run[strategy][int(k)][0]
-    best = max(scores, key=lambda lr: (scores[lr], -list(lrs).index(lr)))
-    return best, scores
-
-
-def summarise(curve: dict[str, dict[int, list[float]]]) -> list[dict]:
-    """Rows ``{strategy, k, mean, std, n}`` of a ``label_budget_curve`` result (std over seeds, ddof=1)."""
-    import statistics
-
-    return [{"strategy": s, "k": k, "mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0,
-             "n": len(v)} for s, per_k in curve.items() for k, v in per_k.items()]
+def fit_one_cycle(model: nn.Module, train, groups: list[dict], *, epochs: int, weight_decay: float = 1e-4,
+                  **fit_kwargs) -> History:
+    """``fit`` with AdamW over the parameter ``groups`` (each with its own ``lr``) on a ``one_cycle`` schedule.
+    ``fit_kwargs`` go to ``fit`` (``batch_size``, ``device``, ``seed``, ``augment``...)."""
+    opt = torch.optim.AdamW(groups, weight_decay=weight_decay)
+    return fit(model, train, epochs=epochs, optimizer=opt, callbacks=[LRSchedule(one_cycle)], **fit_kwargs)

@@ -1,4 +1,4 @@
-"""Shared figures: training curves, sample grids, filters, t-SNE, and small result tables.
+"""Shared figures: training curves, sample grids, filters, t-SNE, label-budget curves, and small result tables.
 
 Every function draws on a given matplotlib ``Axes`` (or makes one), labels its axes, and returns
 the axes, so notebooks can compose figures.
@@ -10,13 +10,15 @@ import functools
 from collections.abc import Iterable, Sequence
 
 import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib import font_manager, ft2font
+from matplotlib.lines import Line2D
+from matplotlib.ticker import NullLocator
 
 
 def _axes(ax=None, figsize=(5, 3.5)):
-    import matplotlib.pyplot as plt
-
     if ax is None:
         _, ax = plt.subplots(figsize=figsize)
     return ax
@@ -40,8 +42,6 @@ def plot_history(history, keys: Iterable[str] | None = None, ax=None, title: str
 @functools.cache
 def _font_codepoints() -> frozenset[int]:
     """Code points the default matplotlib font can draw."""
-    from matplotlib import font_manager, ft2font
-
     path = font_manager.findfont(font_manager.FontProperties())
     return frozenset(ft2font.FT2Font(path).get_charmap())
 
@@ -148,8 +148,6 @@ def tsne_scatter(
             label=name,
             alpha=0.7,
         )
-    from matplotlib.lines import Line2D
-
     if len(group_names):
         shapes = [Line2D([], [], ls="", marker=markers[g % len(markers)], color="0.3", label=group_names[g])
                   for g in np.unique(groups) if g < len(group_names)]
@@ -164,6 +162,44 @@ def tsne_scatter(
     ax.set_xlabel("t-SNE 1")
     ax.set_ylabel("t-SNE 2")
     ax.set_title(title)
+    return ax
+
+
+STRATEGY_STYLES = {"scratch": ("C0", "s--"), "linear_probe": ("C1", "o-"), "finetune": ("C2", "^-"),
+                   "staged": ("C3", "D-")}
+"""Colour and line format of each strategy of chapters 01-03, the same in every chapter's figure."""
+
+
+def plot_budget_curves(rows: Sequence[dict], *, strategies: Sequence[str] | None = None,
+                       all_labels: dict[str, float] | None = None, ax=None, title: str | None = None):
+    """Test accuracy against labels per class (log scale): a line per strategy, error bars of ± std over seeds.
+
+    ``rows``: ``{strategy, k, mean, std, n}`` as ``tlutils.budget.budget_rows`` gives them; ``strategies``: which
+    to draw, in legend order (default: all, in the rows' order); ``all_labels``: ``{strategy: accuracy}`` with every
+    label, drawn as a dotted line in the strategy's colour.
+    """
+    ax = _axes(ax, figsize=(6.5, 4))
+    names = list(strategies) if strategies is not None else list(dict.fromkeys(r["strategy"] for r in rows))
+    drawn = []  # legend entries in drawing order: the curves, then the all-labels lines
+    for i, name in enumerate(names):
+        mine = [r for r in rows if r["strategy"] == name]
+        colour, fmt = STRATEGY_STYLES.get(name, (f"C{i}", "o-"))
+        drawn.append(ax.errorbar([r["k"] for r in mine], [r["mean"] for r in mine], yerr=[r["std"] for r in mine],
+                                 fmt=fmt, color=colour, capsize=3, label=name.replace("_", " ")))
+    for name, acc in (all_labels or {}).items():
+        drawn.append(ax.axhline(acc, color=STRATEGY_STYLES.get(name, ("0.4",))[0], lw=0.8, ls=":",
+                                label=f"{name.replace('_', ' ')}, all labels"))
+    if all_labels:  # horizontal lines do not widen the axis: make room for them
+        top = max([*all_labels.values(), *(r["mean"] + r["std"] for r in rows)])
+        ax.set_ylim(top=min(1.0, top + 0.02))
+    budgets = sorted({r["k"] for r in rows if r["strategy"] in names})
+    seeds = max((r["n"] for r in rows), default=0)
+    ax.set(xscale="log", xlabel="labelled examples per class (log scale)", ylabel="test accuracy",
+           title=title or f"test accuracy by label budget (mean ± std over {seeds} seeds)")
+    ax.set_xticks(budgets, labels=[str(k) for k in budgets])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.grid(alpha=0.3)
+    ax.legend(handles=drawn, fontsize=8, loc="lower right")
     return ax
 
 

@@ -1,0 +1,223 @@
+"""The label-budget experiment of chapters 01-03: four strategies on the same target, label budgets and seeds.
+
+* ``STRATEGIES``: ``scratch``, ``linear_probe``, ``finetune``, ``staged`` (the methods of ``tlutils.finetune``
+  and ``tlutils.features`` applied one way each), sized and paced by a ``tlutils.finetune.StrategyRecipe``.
+* ``train_strategy``: one strategy trained on one labelled set.
+* ``label_budget_curve``: test accuracy of each strategy at each budget (labels per class) and seed, every run
+  cached under ``<data dir>/budget_runs`` with the policy of ``tlutils.cache``.
+* ``select_lr``: a strategy's peak rate chosen on a validation split; ``budget_rows``: mean and std over seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+from torch import nn
+
+from tlutils.augment import get as get_augment
+from tlutils.cache import cache_key, load_or_build
+from tlutils.config import data_dir, get_device
+from tlutils.features import cached_features, data_fingerprint, train_linear_head, weights_fingerprint
+from tlutils.finetune import (
+    StrategyRecipe,
+    fit_one_cycle,
+    freeze,
+    reinitialise,
+    staged_unfreezing,
+    tile,
+    unfreeze,
+    with_new_head,
+)
+from tlutils.train import accuracy, make_progress, progress_enabled
+
+STRATEGIES = ("scratch", "linear_probe", "finetune", "staged")
+STRATEGY_VERSION = 1
+"""Part of every run's cache key. Bump it when anything a run goes through changes its numbers (the strategies
+below, ``fit``, the schedules, features, augmentation, the models): the key holds the run's inputs, not the code."""
+
+
+RECIPE_FIELDS = {
+    "scratch": ("epochs", "batch_size", "min_epoch", "weight_decay", "augment", "lr_scratch"),
+    "finetune": ("epochs", "batch_size", "min_epoch", "weight_decay", "augment", "lr_finetune"),
+    "staged": ("epochs", "batch_size", "min_epoch", "weight_decay", "augment", "lr_staged", "factor"),
+    "linear_probe": ("head_epochs", "lr_head", "weight_decay"),
+}
+"""The recipe fields each strategy's training reads: a run's cache key holds only these, so changing one
+strategy's rate (chapter 03 tunes staged's) leaves the other strategies' cached runs valid."""
+
+
+def train_strategy(strategy: str, source_model: nn.Module, train, *, num_classes: int,
+                   recipe: StrategyRecipe = StrategyRecipe(), seed: int = 0, device: str | torch.device | None = None,
+                   head_hidden: int | None = None, train_features=None) -> nn.Module:
+    """Train one strategy on labelled ``train`` and return the resulting ``Classifier`` (in eval mode).
+
+    * ``scratch``: the source model's architecture with random weights, every layer at ``lr_scratch``.
+    * ``linear_probe``: the frozen source backbone + a new head trained on cached features
+      (``train_features``: the ``Features`` of ``train``; extracted here when not given).
+    * ``finetune``: the source backbone + new head, every layer at ``lr_finetune``.
+    * ``staged``: ULMFiT: discriminative rates (``lr_staged / factor**k``) + gradual unfreezing.
+    ``source_model`` is never modified; ``seed`` fixes the new head, the random init and the batch order.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+    model = with_new_head(source_model, num_classes, hidden=head_hidden, seed=seed)
+    unfreeze(model)
+    common = dict(batch_size=recipe.batch_size, device=device, seed=seed, progress=False, desc=strategy,
+                  augment=get_augment(recipe.augment))
+    if strategy == "linear_probe":
+        feats = train_features if train_features is not None else cached_features(model, train, device=device)
+        model.head, _ = train_linear_head(feats, num_classes=num_classes, epochs=recipe.head_epochs,
+                                          lr=recipe.lr_head, weight_decay=recipe.weight_decay, hidden=head_hidden,
+                                          device=device, seed=seed)
+        freeze(model)
+        return model.eval()
+    data = tile(train, recipe.min_epoch)
+    if strategy == "scratch":
+        reinitialise(model.backbone)
+        fit_one_cycle(model, data, [{"params": list(model.parameters()), "lr": recipe.lr_scratch}],
+                      epochs=recipe.epochs, weight_decay=recipe.weight_decay, **common)
+    elif strategy == "finetune":
+        fit_one_cycle(model, data, [{"params": list(model.parameters()), "lr": recipe.lr_finetune}],
+                      epochs=recipe.epochs, weight_decay=recipe.weight_decay, **common)
+    else:
+        staged_unfreezing(model, data, epochs=recipe.epochs, lr=recipe.lr_staged, factor=recipe.factor,
+                          weight_decay=recipe.weight_decay, **common)
+        unfreeze(model)
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- the run cache
+
+
+def run_inputs(recipe: StrategyRecipe, source_model: nn.Module, train, test, head_hidden: int | None,
+               device: torch.device) -> dict:
+    """Everything besides (strategy, k, seed) that determines a label-budget run's accuracy."""
+    return {"version": STRATEGY_VERSION, "recipe": recipe.as_dict(), "head_hidden": head_hidden,
+            "source": weights_fingerprint(source_model.backbone), "train": data_fingerprint(train),
+            "test": data_fingerprint(test), "torch": torch.__version__, "device": device.type,
+            "threads": torch.get_num_threads() if device.type == "cpu" else None}
+
+
+def run_key(inputs: dict, strategy: str, k: int, seed: int) -> str:
+    """Cache key of one run: ``inputs`` (recipe cut to the fields ``strategy`` reads) plus strategy, k and seed."""
+    recipe = inputs["recipe"]
+    fields = {**inputs, "recipe": {f: recipe[f] for f in RECIPE_FIELDS[strategy] if f in recipe},
+              "strategy": strategy, "k": int(k), "seed": int(seed)}
+    return cache_key(fields)
+
+
+def run_path(cache_dir: Path, key: str, strategy: str, k: int, seed: int) -> Path:
+    """``<cache_dir>/<strategy>-k<k>-s<seed>-<key>.json``: readable names, one file per run."""
+    return cache_dir / f"{strategy}-k{k}-s{seed}-{key}.json"
+
+
+def _save_run(record: dict, f: BinaryIO) -> None:
+    f.write(json.dumps(record).encode())
+
+
+def _load_run(path: Path, expected: dict) -> dict:
+    """The stored run if it is the one ``expected`` names (same key, strategy, k, seed) with an accuracy in [0, 1]."""
+    record = json.loads(path.read_text())
+    wrong = [f for f in ("key", "strategy", "k", "seed") if record.get(f) != expected[f]]
+    if wrong:
+        raise ValueError(f"stored {', '.join(f'{f}={record.get(f)!r}' for f in wrong)}, expected "
+                         f"{', '.join(f'{f}={expected[f]!r}' for f in wrong)}")
+    acc = record.get("acc")
+    if not isinstance(acc, float) or not math.isfinite(acc) or not 0.0 <= acc <= 1.0:
+        raise ValueError(f"accuracy {acc!r} is not a fraction in [0, 1]")
+    return record
+
+
+# ----------------------------------------------------------------------------- the experiment
+
+
+def label_budget_curve(source_model: nn.Module, train, test, *, strategies: Sequence[str] = STRATEGIES,
+                       budgets: Sequence[int] = (1, 5, 10, 50), seeds: Sequence[int] = (0, 1, 2),
+                       recipe: StrategyRecipe = StrategyRecipe(), device: str | torch.device | None = None,
+                       head_hidden: int | None = None, cache: bool = True,
+                       progress: bool | None = None) -> dict[str, dict[int, list[float]]]:
+    """Test accuracy of each strategy at each label budget (``k`` labels per class) and seed.
+
+    Seed ``s`` draws the labelled subset ``train.per_class(k, s)`` and initialises the new head, so
+    every strategy sees the same examples. Returns ``{strategy: {k: [acc per seed]}}`` (fractions).
+
+    With ``cache`` each run's accuracy is kept in ``<data dir>/budget_runs``, keyed by everything that
+    determines it (``run_inputs``: strategy, k, seed, the recipe fields the strategy reads, source weights,
+    data, ``STRATEGY_VERSION``, torch version, device type, CPU threads), so chapters that share runs (01-03)
+    compute each one once; on the same machine a cached run is the number a fresh run gives. A file that is
+    not the run its name promises is reported, deleted and recomputed (``tlutils.cache.load_or_build``).
+    """
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown:
+        raise ValueError(f"unknown strategies {unknown}; choose from {STRATEGIES}")
+    device = get_device(device) if not isinstance(device, torch.device) else device
+    cache_dir = data_dir() / "budget_runs"
+    inputs = run_inputs(recipe, source_model, train, test, head_hidden, device) if cache else {}
+    features: dict[str, object] = {}  # the source model's features of train and test, extracted once if needed
+
+    def run(strategy: str, k: int, seed: int, index: torch.Tensor) -> float:
+        labelled = train.subset(index)
+        if strategy == "linear_probe":
+            if not features:
+                features["train"] = cached_features(source_model, train, device=device)
+                features["test"] = cached_features(source_model, test, device=device)
+            model = train_strategy(strategy, source_model, labelled, num_classes=train.num_classes, recipe=recipe,
+                                   seed=seed, device=device, head_hidden=head_hidden,
+                                   train_features=features["train"].subset(index))
+            return accuracy(model.head, features["test"], device=device)
+        model = train_strategy(strategy, source_model, labelled, num_classes=train.num_classes, recipe=recipe,
+                               seed=seed, device=device, head_hidden=head_hidden)
+        return accuracy(model, test, device=device)
+
+    def cached_run(strategy: str, k: int, seed: int, index: torch.Tensor) -> float:
+        expected = {"key": run_key(inputs, strategy, k, seed), "strategy": strategy, "k": int(k), "seed": int(seed)}
+        record = load_or_build(run_path(cache_dir, expected["key"], strategy, k, seed),
+                               lambda: {**expected, "acc": run(strategy, k, seed, index)},
+                               load=lambda path: _load_run(path, expected), save=_save_run, what="label-budget run")
+        return record["acc"]
+
+    out: dict[str, dict[int, list[float]]] = {s: {int(k): [] for k in budgets} for s in strategies}
+    bar = make_progress(len(strategies) * len(budgets) * len(seeds), "label budgets", progress_enabled(progress))
+    for k in budgets:
+        for seed in seeds:
+            index = train.per_class_index(k, seed)
+            for strategy in strategies:
+                acc = cached_run(strategy, k, seed, index) if cache else run(strategy, k, seed, index)
+                out[strategy][int(k)].append(acc)
+                if bar is not None:
+                    bar.update(1)
+    if bar is not None:
+        bar.close()
+    return out
+
+
+def select_lr(source_model: nn.Module, train, val, *, strategy: str, lrs: Sequence[float], k: int, seed: int = 0,
+              recipe: StrategyRecipe = StrategyRecipe(),
+              device: str | torch.device | None = None) -> tuple[float, dict[float, float]]:
+    """Choose ``strategy``'s peak learning rate on a validation split: train once per rate on
+    ``train.per_class(k, seed)`` and score on ``val``. Returns ``(best rate, {rate: val accuracy})``
+    (ties go to the first rate listed). Runs are cached like ``label_budget_curve``'s (keyed by ``val``)."""
+    field = {"scratch": "lr_scratch", "finetune": "lr_finetune", "staged": "lr_staged"}.get(strategy)
+    if field is None:
+        raise ValueError(f"select_lr tunes a trained strategy (scratch, finetune, staged), not {strategy!r}")
+    scores = {}
+    for lr in lrs:
+        run = label_budget_curve(source_model, train, val, strategies=(strategy,), budgets=[k], seeds=[seed],
+                                 recipe=replace(recipe, **{field: lr}), device=device, progress=False)
+        scores[lr] = run[strategy][int(k)][0]
+    best = max(scores, key=lambda lr: (scores[lr], -list(lrs).index(lr)))
+    return best, scores
+
+
+def budget_rows(curve: dict[str, dict[int, list[float]]]) -> list[dict]:
+    """One row ``{strategy, k, mean, std, n}`` per strategy and budget of a ``label_budget_curve`` result
+    (mean and std over seeds, ddof=1; std 0 for one seed)."""
+    return [{"strategy": s, "k": k, "mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0,
+             "n": len(v)} for s, per_k in curve.items() for k, v in per_k.items()]
