@@ -36,7 +36,8 @@ def test_load_source_model_builds_once_then_loads(tmp_data, tiny_recipe, capsys)
     assert meta["recipe"]["num_classes"] == 4 and len(meta["classes"]) == 4 and 0 <= meta["source_test_acc"] <= 1
     again, meta2 = source.load_source_model(cfg)
     assert "pretraining" not in capsys.readouterr().out
-    assert meta2["classes"] == meta["classes"]
+    assert meta2 == meta, "training returns the metadata loading returns (notebooks read meta['arch'])"
+    assert meta["arch"] == "resnet_small" and not model.training
     # a corrupted checkpoint is reported, deleted and rebuilt, not trusted
     path.write_bytes(b"not a checkpoint")
     with pytest.warns(UserWarning, match=r"source checkpoint .* is invalid .*deleting and rebuilding"):

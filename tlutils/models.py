@@ -304,12 +304,9 @@ def _versions() -> dict[str, str]:
     return {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
 
 
-def write_checkpoint(model: Classifier, f: BinaryIO, **metadata) -> None:
-    """Write weights plus what is needed to rebuild the model to the binary file ``f``.
-
-    Metadata records architecture, backbone config, number of classes, head shape, versions, and any
-    keyword given (domain, classes, profile, seed, metrics...).
-    """
+def checkpoint_metadata(model: Classifier, **metadata) -> dict:
+    """What a checkpoint records beside the weights: architecture, backbone config, number of classes, head
+    shape, versions, and any keyword given (domain, classes, profile, seed, metrics...), as plain JSON types."""
     head_hidden = model.head[0].out_features if isinstance(model.head, nn.Sequential) else None
     num_classes = model.head[-1].out_features if isinstance(model.head, nn.Sequential) else model.head.out_features
     meta = {
@@ -320,8 +317,12 @@ def write_checkpoint(model: Classifier, f: BinaryIO, **metadata) -> None:
         "versions": _versions(),
         **metadata,
     }
-    meta = json.loads(json.dumps(meta, default=str))  # plain types only: loadable with weights_only=True
-    torch.save({"metadata": meta, "state_dict": model.state_dict()}, f)
+    return json.loads(json.dumps(meta, default=str))  # plain types only: loadable with weights_only=True
+
+
+def write_checkpoint(model: Classifier, f: BinaryIO, **metadata) -> None:
+    """Write the weights and :func:`checkpoint_metadata` (what is needed to rebuild the model) to the file ``f``."""
+    torch.save({"metadata": checkpoint_metadata(model, **metadata), "state_dict": model.state_dict()}, f)
 
 
 def save_checkpoint(model: Classifier, path: str | os.PathLike, **metadata) -> Path:

@@ -17,7 +17,14 @@ import torch
 from tlutils.cache import cache_key, load_or_build
 from tlutils.config import Setup
 from tlutils.data import load_domain
-from tlutils.models import Classifier, build_model, load_checkpoint, save_checkpoint, write_checkpoint
+from tlutils.models import (
+    Classifier,
+    build_model,
+    checkpoint_metadata,
+    load_checkpoint,
+    save_checkpoint,
+    write_checkpoint,
+)
 from tlutils.schedules import LRSchedule, one_cycle
 from tlutils.train import History, evaluate, fit
 
@@ -133,7 +140,7 @@ def load_source_model(cfg: Setup, build_if_missing: bool = True) -> tuple[Classi
             )
         print(f"source checkpoint {path.name} not found: pretraining it now (notebook 00's recipe)")
         model, _, meta = pretrain_source(cfg, recipe, save=False)
-        return model, meta
+        return model.eval(), checkpoint_metadata(model, **meta)  # what loading the saved file returns
 
     return load_or_build(
         path,
