@@ -55,3 +55,10 @@ def test_paired_difference_matches_the_t_interval():
     assert abs(out["low"] - (out["mean"] - out["half_width"])) < 1e-12
     with pytest.raises(ValueError, match="paired"):
         paired_difference([0.5], [0.4])
+
+
+def test_format_mean_std_matches_mean_std():
+    from tlutils.results import format_mean_std
+
+    assert format_mean_std([0.5, 0.7]) == "0.600 ± 0.141"
+    assert format_mean_std([0.25], digits=1) == "0.2 ± 0.0"

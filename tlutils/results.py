@@ -86,9 +86,14 @@ def load_results(profile: str = "quick", runs_dir: str | Path | None = None) -> 
 
 def mean_std(values) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value) of a list of numbers."""
-
     arr = np.asarray(list(values), dtype=float)
     return float(arr.mean()), (float(arr.std(ddof=1)) if len(arr) > 1 else 0.0)
+
+
+def format_mean_std(values, digits: int = 3) -> str:
+    """``"mean ± std"`` of :func:`mean_std`, for tables (e.g. ``"0.812 ± 0.014"``)."""
+    mean, std = mean_std(values)
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def paired_difference(a, b, confidence: float = 0.95) -> dict:
