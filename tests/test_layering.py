@@ -70,3 +70,18 @@ def test_adaptation_methods_share_tlutils_adapt_not_each_other():
     for module in lower:
         assert not graph[module] & {"tlutils.dann", "tlutils.mmd", "tlutils.adapt_runs"}, (
             f"{module} must not import the methods or their experiments")
+
+
+def test_the_data_layer_imports_only_config_and_itself():
+    graph = import_graph()
+    for module, deps in graph.items():
+        if module == "tlutils.data" or module.startswith("tlutils.data."):
+            above = {d for d in deps if not (d.startswith("tlutils.data") or d in ("tlutils.config", "tlutils.atomic"))}
+            assert not above, f"{module} imports {sorted(above)} from above the data layer"
+
+
+def test_maml_does_not_import_its_baselines_and_timing_imports_no_tlutils():
+    graph = import_graph()
+    assert "tlutils.fewshot_baselines" not in graph["tlutils.maml"]
+    assert "tlutils.maml" in graph["tlutils.fewshot_baselines"]
+    assert not graph["tlutils.timing"], "timing sits below everything: it imports no tlutils module"
