@@ -14,25 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 
 from tlutils.config import set_cpu_threads
-from tlutils.maml import SinusoidTasks, meta_gradient, mse, parameters_of, sinusoid_mlp
-
-
-def _median_seconds(fns, repeats: int) -> list[float]:
-    """Median time of each function; runs alternate so a change of machine load hits both alike."""
-    times: list[list[float]] = [[] for _ in fns]
-    for fn in fns:
-        fn()  # warm-up
-    for _ in range(repeats):
-        for fn, ts in zip(fns, times, strict=True):
-            start = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - start)
-    return [sorted(ts)[len(ts) // 2] for ts in times]
+from tlutils.data.episodes import SinusoidTasks
+from tlutils.maml import meta_gradient, mse, parameters_of, sinusoid_mlp
+from tlutils.timing import median_seconds
 
 
 def run(quick: bool = False, seed: int = 0, meta_batch: int = 32) -> dict:
@@ -53,7 +41,7 @@ def run(quick: bool = False, seed: int = 0, meta_batch: int = 32) -> dict:
         diff = max(float((g_vmap[k] - g_loop[k]).abs().max()) for k in g_loop)
         if diff > 1e-4:
             raise RuntimeError(f"vmap and loop meta-gradients disagree ({order} order, |diff| {diff:.2e})")
-        t_vmap, t_loop = _median_seconds([lambda: step(True), lambda: step(False)], repeats)
+        t_vmap, t_loop = median_seconds([lambda: step(True), lambda: step(False)], repeats)  # interleaved
         out[f"{order}_order"] = {"vmap_s": round(t_vmap, 5), "loop_s": round(t_loop, 5),
                                  "speedup": round(t_loop / t_vmap, 2), "max_grad_diff": diff}
     out["maml_vmap_speedup"] = out["second_order"]["speedup"]

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
 from tlutils.config import get_device
 from tlutils.models import build_model
+from tlutils.timing import median_seconds
 from tlutils.train import fit
 
 
@@ -35,8 +34,6 @@ def hand_loop(model, x, y, epochs: int, batch_size: int, lr: float, device) -> N
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def run(quick: bool = True) -> dict:
@@ -47,22 +44,19 @@ def run(quick: bool = True) -> dict:
     x = torch.rand(n, 3, 32, 32, generator=g).to(device)
     y = torch.randint(0, 100, (n,), generator=g).to(device)
     images = (n - n % batch_size) * epochs
-    times = {"fit": [], "hand": []}
-    # warm-up both paths once (allocator, kernels), then interleave the timed runs
-    for name in ["fit", "hand"] + ["fit", "hand"] * repeats:
+
+    def fresh_model():
         torch.manual_seed(0)
-        model = build_model("resnet_small", 100)
-        start = time.perf_counter()
-        if name == "fit":
-            fit(model, (x, y), epochs=epochs, batch_size=batch_size, lr=1e-3, device=device, progress=False, seed=0,
-                amp=False, channels_last=False)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-        else:
-            hand_loop(model, x, y, epochs, batch_size, 1e-3, device)
-        times[name].append(time.perf_counter() - start)
-    fit_ips = images / statistics.median(times["fit"][1:])
-    hand_ips = images / statistics.median(times["hand"][1:])
+        return build_model("resnet_small", 100)
+
+    def with_fit(model):
+        fit(model, (x, y), epochs=epochs, batch_size=batch_size, lr=1e-3, device=device, progress=False, seed=0,
+            amp=False, channels_last=False)
+
+    # one warm-up run of each path (allocator, kernels), then interleaved timed runs on fresh models
+    fit_s, hand_s = median_seconds([with_fit, lambda model: hand_loop(model, x, y, epochs, batch_size, 1e-3, device)],
+                                   repeats, device, setup=fresh_model)
+    fit_ips, hand_ips = images / fit_s, images / hand_s
     result = {"train_loop_ratio": round(fit_ips / hand_ips, 3), "fit_images_per_s": round(fit_ips, 1),
               "hand_images_per_s": round(hand_ips, 1), "device": str(device), "repeats": repeats,
               "threads": torch.get_num_threads()}

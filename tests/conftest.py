@@ -30,6 +30,23 @@ def one_thread():
 
 
 @pytest.fixture
+def tiny_episodes():
+    """Factory of few-shot episodes over random 12x12 images (12 classes of 8): ``(sampler, tasks)``."""
+    import torch
+
+    from tlutils.data.episodes import EpisodeSampler
+
+    def make(num_tasks=4, n_way=3, k_shot=2, k_query=3, rotations=False, seed=0):
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.rand(12 * 8, 1, 12, 12, generator=gen)
+        y = torch.arange(12).repeat_interleave(8)
+        sampler = EpisodeSampler(x, y, n_way, k_shot, k_query, rotations=rotations)
+        return sampler, sampler.sample(num_tasks, gen)
+
+    return make
+
+
+@pytest.fixture
 def tmp_data(tmp_path, monkeypatch):
     """A fresh, empty data dir (``TLUTILS_DATA``) for tests that build caches."""
     monkeypatch.setenv("TLUTILS_DATA", str(tmp_path / "data"))

@@ -20,7 +20,7 @@ LAYERS = {
     "models": ["tlutils.models", "tlutils.imagenet"],
     "train": ["tlutils.train"],
     "methods": ["tlutils.source", "tlutils.features", "tlutils.finetune", "tlutils.adapt", "tlutils.dann",
-                "tlutils.mmd", "tlutils.dan", "tlutils.maml", "tlutils.fewshot", "tlutils.distill"],
+                "tlutils.mmd", "tlutils.dan", "tlutils.maml", "tlutils.fewshot_baselines", "tlutils.distill"],
     "experiments and presentation": ["tlutils.budget", "tlutils.adapt_runs", "tlutils.results", "tlutils.plots"],
     "course tooling": ["tlutils.course"],
     "package facade": ["tlutils"],  # tlutils/__init__.py: setup and record, what every notebook imports first
@@ -138,3 +138,19 @@ def test_no_package_or_standard_library_import_hides_inside_a_function():
                     if top in ("tlutils", "(relative)") or top in sys.stdlib_module_names:
                         hidden.append(f"{path.relative_to(PKG.parent)}:{node.lineno} {fn.name}() imports {mod}")
     assert not hidden, "move these imports to the top of the module:\n" + "\n".join(sorted(hidden))
+
+
+def test_the_data_layer_imports_only_config_and_itself():
+    graph = import_graph()
+    for module, deps in graph.items():
+        if module == "tlutils.data" or module.startswith("tlutils.data."):
+            lower = ("tlutils.config", "tlutils.atomic", "tlutils.cache")
+            above = {d for d in deps if not (d.startswith("tlutils.data") or d in lower)}
+            assert not above, f"{module} imports {sorted(above)} from above the data layer"
+
+
+def test_maml_does_not_import_its_baselines_and_timing_imports_no_tlutils():
+    graph = import_graph()
+    assert "tlutils.fewshot_baselines" not in graph["tlutils.maml"]
+    assert "tlutils.maml" in graph["tlutils.fewshot_baselines"]
+    assert not graph["tlutils.timing"], "timing sits below everything: it imports no tlutils module"

@@ -23,6 +23,7 @@ from torch import nn
 from tlutils.cache import cache_key, load_or_build
 from tlutils.config import data_dir
 from tlutils.models import make_head
+from tlutils.timing import EpochTimer, timed
 from tlutils.train import as_tensors, fit, predict
 
 FEATURES_VERSION = 1
@@ -265,26 +266,6 @@ def sklearn_probe(train, test, kind: str = "logreg", C: float = 1.0, max_iter: i
     return {"acc": float(model.score(xte, yte)), "train_acc": float(model.score(xtr, ytr)), "model": model}
 
 
-class _EpochTimer:
-    """``fit`` callback: wall seconds of every epoch (synchronising CUDA so the times are real)."""
-
-    def __init__(self):
-        self.seconds: list[float] = []
-
-    def on_epoch_start(self, state) -> None:
-        _sync(state.device)
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, state) -> None:
-        _sync(state.device)
-        self.seconds.append(time.perf_counter() - self._start)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_head_training(model: nn.Module, train, *, frozen_epochs: int = 2, cached_epochs: int = 10,
                        batch_size: int = 128, lr: float = 1e-2, device: str | torch.device | None = None,
                        seed: int = 0) -> dict:
@@ -309,14 +290,10 @@ def time_head_training(model: nn.Module, train, *, frozen_epochs: int = 2, cache
     torch.manual_seed(seed)
     head = make_head(backbone.out_features, num_classes)
     frozen_model = _FrozenBackboneClassifier(backbone, copy.deepcopy(head))
-    timer_frozen, timer_cached = _EpochTimer(), _EpochTimer()
+    timer_frozen, timer_cached = EpochTimer(), EpochTimer()
     fit(frozen_model, train, epochs=frozen_epochs, lr=lr, batch_size=batch_size, device=device, seed=seed,
         progress=False, callbacks=[timer_frozen])
-    _sync(device)
-    start = time.perf_counter()
-    feats = extract_features(backbone, train, batch_size=batch_size, device=device)
-    _sync(device)
-    extract_s = time.perf_counter() - start
+    feats, extract_s = timed(lambda: extract_features(backbone, train, batch_size=batch_size, device=device), device)
     y = as_tensors(train)[1]
     fit(copy.deepcopy(head), (feats, y), epochs=cached_epochs, lr=lr, batch_size=batch_size, device=device,
         seed=seed, progress=False, callbacks=[timer_cached])
