@@ -8,6 +8,7 @@ train on those (chapter 01 measures the speed-up). The same features feed scikit
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import time
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tlutils.cache import cache_key, load_or_build
-from tlutils.config import data_dir
+from tlutils.config import data_dir, get_device
 from tlutils.models import make_head
 from tlutils.timing import EpochTimer, timed
 from tlutils.train import as_tensors, fit, predict
@@ -276,12 +277,6 @@ def time_head_training(model: nn.Module, train, *, frozen_epochs: int = 2, cache
     epoch times, the one-off extraction time, the ``speedup`` (frozen / cached) and how many epochs
     it takes for caching to pay for its extraction.
     """
-    import copy
-
-    from tlutils.config import get_device
-    from tlutils.models import make_head
-    from tlutils.train import as_tensors, fit
-
     device = get_device(device) if not isinstance(device, torch.device) else device
     backbone = copy.deepcopy(backbone_of(model)).to(device).eval()
     for p in backbone.parameters():
