@@ -38,6 +38,7 @@ from torch.func import functional_call, grad, vmap
 
 from tlutils.config import smoke_cap
 from tlutils.data.episodes import TaskBatch
+from tlutils.models import mlp
 from tlutils.train import autocast_for, default_amp, make_progress, progress_enabled
 
 Params = dict[str, Tensor]
@@ -50,14 +51,8 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def sinusoid_mlp(hidden: Sequence[int] = (40, 40)) -> nn.Sequential:
-    """The paper's regressor: 1 -> 40 -> 40 -> 1 with ReLU."""
-    layers: list[nn.Module] = []
-    width = 1
-    for h in hidden:
-        layers += [nn.Linear(width, h), nn.ReLU()]
-        width = h
-    layers.append(nn.Linear(width, 1))
-    return nn.Sequential(*layers)
+    """The paper's regressor: 1 -> 40 -> 40 -> 1 with ReLU (``tlutils.models.mlp``)."""
+    return mlp(1, 1, tuple(hidden))
 
 
 class BatchStatNorm(nn.BatchNorm2d):
