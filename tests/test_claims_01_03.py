@@ -97,10 +97,13 @@ def test_scratch_passes_the_frozen_probe_with_all_labels(quick_results):
 
 @pytest.mark.parametrize("k", [1, 10])
 def test_rbf_svm_no_better_than_linear_probe_with_few_labels(quick_results, k):
-    """01: "at 1 to 10 labels per class the RBF SVM is tied with or behind the linear probe"."""
+    """01: "with few labels ... expect it to be tied with or behind the linear probe" (a tie: a gap within two
+    standard errors of the RBF SVM's mean over the seeds, the notebook's own rule)."""
     r = quick_results["01_feature_extraction"]
     rbf, probe = r[f"target_acc.rbf_svm.k{k}"], r[f"target_acc.linear_probe.k{k}"]
-    assert rbf <= probe + 0.01, f"at k={k} the RBF SVM ({rbf:.3f}) is ahead of the linear probe ({probe:.3f})"
+    margin = max(0.01, 2 * r[f"target_acc.rbf_svm.k{k}.sem"])
+    assert rbf <= probe + margin, (f"at k={k} the RBF SVM ({rbf:.3f}) is ahead of the linear probe ({probe:.3f}) "
+                                   f"by more than two standard errors ({margin:.3f})")
 
 
 def test_finetune_ties_the_probe_at_one_label_and_leads_at_fifty(quick_results):
