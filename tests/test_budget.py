@@ -6,7 +6,7 @@ import warnings
 from dataclasses import replace
 
 import pytest
-import torch
+from helpers import all_equal, tiny_model, toy_data
 
 from tlutils.budget import (
     STRATEGIES,
@@ -17,23 +17,6 @@ from tlutils.budget import (
 )
 from tlutils.data.domain import Domain
 from tlutils.finetune import StrategyRecipe
-from tlutils.models import build_model
-
-
-def tiny_model(seed: int = 0, num_classes: int = 3):
-    torch.manual_seed(seed)
-    return build_model("resnet_small", num_classes, widths=(4, 4, 8, 8))
-
-
-def toy_data(n: int = 48, num_classes: int = 3, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % num_classes
-    x = torch.rand(n, 3, 32, 32, generator=g) * 0.5 + y.view(-1, 1, 1, 1) * 0.25
-    return x, y
-
-
-def all_equal(xs, ys) -> bool:
-    return all(torch.equal(a, b) for a, b in zip(xs, ys, strict=True))
 
 
 def toy_domain(n_per_class: int = 6, num_classes: int = 3):
