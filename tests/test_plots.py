@@ -45,3 +45,23 @@ def test_plot_budget_curves_labels_axes_and_every_line():
     ax = plot_budget_curves(rows, strategies=["linear_probe"])
     assert ax.get_legend_handles_labels()[1] == ["linear probe"] and "3 seeds" in ax.get_title()
     plt.close("all")
+
+
+def test_plot_history_draws_epochs_or_steps():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tlutils.plots import plot_history
+    from tlutils.train import History
+
+    fit_like = History(epochs=[{"epoch": 1, "train_loss": 1.0}, {"epoch": 2, "train_loss": 0.5}],
+                       steps=[{"step": 1, "loss": 1.0}])
+    meta_like = History(steps=[{"step": s, "loss": 1.0 / s, "acc": 0.1 * s} for s in (1, 2, 3)])
+    ax = plot_history(fit_like)
+    assert ax.get_xlabel() == "epoch" and [ln.get_label() for ln in ax.lines] == ["train_loss"]
+    ax = plot_history(meta_like)
+    assert ax.get_xlabel() == "step" and [ln.get_label() for ln in ax.lines] == ["acc", "loss"]
+    assert len(ax.lines[0].get_xdata()) == 3
+    plt.close("all")
