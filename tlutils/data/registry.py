@@ -2,8 +2,9 @@
 
 A builder is a function ``build(split, seed, **options) -> Arrays`` registered with its splits and
 default options. Its cache key holds :func:`tlutils.cache.code_fingerprint` of the builder's module (and of the
-data modules it imports), so a change to the code that draws a domain rebuilds it, and nothing else does. ``load_domain`` validates the call, serves the cached arrays (or builds them) and returns a
-``Domain`` with float32 images in [0, 1] on ``device``.
+data modules it imports), so a change to the code that draws a domain rebuilds it, and nothing else does.
+``load_domain`` validates the call, serves the cached arrays (or builds them) and returns a ``Domain`` with
+float32 images in [0, 1] on ``device``.
 """
 
 from __future__ import annotations
@@ -192,7 +193,9 @@ def load_domain(
     seed = int(seed)
     opts = resolve_options(spec, options)
     key_opts = {k: v for k, v in opts.items() if k not in spec.uncached_options}
-    fields = {"code": builder_code(spec), "options": key_opts, "seed": seed if spec.uses_seed else None}
+    fields = {"options": key_opts, "seed": seed if spec.uses_seed else None}
+    if cache:  # an uncached builder needs no fingerprint (it may live in a notebook, outside any module file)
+        fields["code"] = builder_code(spec)
     if spec.fingerprint is not None:
         fields["files"] = spec.fingerprint(opts)
     arrays = cached(name, split, fields, lambda: _build(spec, split, seed, opts), use_cache=cache)
