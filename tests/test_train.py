@@ -150,3 +150,24 @@ def test_history_reads_per_epoch_or_per_step():
         history.last("loss")
     with pytest.raises(ValueError, match="per must be 'epoch' or 'step'"):
         history.column("loss", per="batch")
+
+
+def test_evaluate_reads_a_shuffled_loader_once():
+    """Outputs and labels come from one pass: a shuffled DataLoader read twice would pair them wrongly."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    y = torch.arange(10).repeat(20)
+    x = torch.nn.functional.one_hot(y, 10).float()
+    model = torch.nn.Linear(10, 10)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(10) * 5)
+        model.bias.zero_()
+    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True)
+    assert evaluate(model, loader, device="cpu")["acc"] == 1.0
+    assert evaluate(model, (x, y), device="cpu")["acc"] == 1.0
+
+
+def test_evaluate_without_labels_is_a_clear_error():
+    with pytest.raises(ValueError, match="evaluate needs labelled data"):
+        evaluate(torch.nn.Linear(3, 2), [torch.randn(4, 3)], device="cpu")

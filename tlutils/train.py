@@ -369,7 +369,58 @@ def _to_floats(rows: list[dict]) -> list[dict]:
 # ----------------------------------------------------------------------------- inference
 
 
+def _input_and_label_batches(data, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """``(x, y)`` per batch of ``data`` in ONE pass (``y`` None where the data has no labels).
+
+    Outputs and labels must come from the same pass: a shuffled DataLoader read twice pairs the outputs of one
+    order with the labels of another (and a wrong accuracy with no error).
+    """
+    tensors = as_tensors(data)
+    if tensors is not None:
+        yield from zip(tensors[0].split(batch_size), tensors[1].split(batch_size), strict=True)
+        return
+    for b in data:
+        if isinstance(b, torch.Tensor):
+            yield b, None
+        else:
+            yield b[0], (b[1] if len(b) > 1 else None)
+
+
 @torch.no_grad()
+def predict_with_labels(
+    model: nn.Module,
+    data,
+    *,
+    batch_size: int = 512,
+    device: str | torch.device | None = None,
+    amp: bool | None = None,
+    fn: Callable | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Model outputs (``fn(model, x)`` if given) and the labels read in the same pass, both on the CPU.
+
+    The labels are None when ``data`` has none.
+    """
+    device = get_device(device) if not isinstance(device, torch.device) else device
+    amp = default_amp(device) if amp is None else amp
+    autocast, _ = autocast_for(device, amp)
+    model.to(device)
+    was_training = model.training
+    model.eval()
+    outs, labels = [], []
+    for x, y in _input_and_label_batches(data, batch_size):
+        x = x.to(device, non_blocking=True)
+        with autocast():
+            out = fn(model, x) if fn is not None else model(x)
+        outs.append(out.float().cpu())
+        if y is not None:
+            labels.append(y.cpu())
+    model.train(was_training)
+    out = torch.cat(outs) if outs else torch.empty(0)
+    if len(labels) not in (0, len(outs)):
+        raise ValueError("some batches of the data carry labels and some do not; give every batch (x, y)")
+    return out, (torch.cat(labels) if labels else None)
+
+
 def predict(
     model: nn.Module,
     data,
@@ -380,23 +431,7 @@ def predict(
     fn: Callable | None = None,
 ) -> torch.Tensor:
     """Model outputs (``fn(model, x)`` if given, e.g. features) for all of ``data``, returned on the CPU."""
-    device = get_device(device) if not isinstance(device, torch.device) else device
-    amp = default_amp(device) if amp is None else amp
-    autocast, _ = autocast_for(device, amp)
-    model.to(device)
-    was_training = model.training
-    model.eval()
-    tensors = as_tensors(data)
-    xs = tensors[0].split(batch_size) if tensors is not None else (b[0] for b in data)
-    outs = []
-    for x in xs:
-        with autocast():
-            out = (
-                fn(model, x.to(device, non_blocking=True)) if fn is not None else model(x.to(device, non_blocking=True))
-            )
-        outs.append(out.float().cpu())
-    model.train(was_training)
-    return torch.cat(outs) if outs else torch.empty(0)
+    return predict_with_labels(model, data, batch_size=batch_size, device=device, amp=amp, fn=fn)[0]
 
 
 def predict_features(model: nn.Module, data, **kwargs) -> torch.Tensor:
@@ -418,9 +453,10 @@ def evaluate(
     amp: bool | None = None,
 ) -> dict[str, float]:
     """Mean loss and (for class labels) accuracy of ``model`` on ``data``, as fractions."""
-    out = predict(model, data, batch_size=batch_size, device=device, amp=amp)
-    tensors = as_tensors(data)
-    y = (tensors[1] if tensors is not None else torch.cat([b[1] for b in data])).cpu()
+    out, y = predict_with_labels(model, data, batch_size=batch_size, device=device, amp=amp)
+    if y is None:
+        raise ValueError("evaluate needs labelled data: a Domain, an (x, y) tuple or a DataLoader of (x, y) "
+                         "batches; use predict for inputs alone")
     result = {"loss": float(F.cross_entropy(out, y))}
     if out.dim() == 2 and not y.is_floating_point():
         result["acc"] = float((out.argmax(1) == y).float().mean())
