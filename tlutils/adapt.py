@@ -174,7 +174,9 @@ class DomainAdaptation(nn.Module):
 def adaptation_step(model: nn.Module, batch: dict, state) -> dict:
     """``step_fn`` of an adaptation run: ``CE(source logits, y_s) + transfer loss`` in one forward of ``model``
     (a :class:`DomainAdaptation`, maybe DDP-wrapped) on the ``"source"`` ``(x, y)`` and ``"target"`` x streams.
-    Logs ``label_loss``, source ``acc`` and the transfer loss's own logs."""
+    Logs ``label_loss``, source ``acc`` and the transfer loss's own logs.
+    Chapters 04 and 05 show this source (section 4 of each, after their visible run).
+    """
     xs, ys = batch["source"]
     logits, transfer, logs = model(xs, batch["target"], state.progress)
     label_loss = F.cross_entropy(logits, ys)
@@ -298,8 +300,8 @@ def fit_recipe(
 ) -> History:
     """One run under a recipe: its optimiser, annealed learning rate, batch size and length.
 
-    ``step_fn`` adds the adaptation term (``tlutils.dann.DANNStep``, ``tlutils.dan.DANStep``); without it this
-    is plain supervised training (source-only on the source, the oracle on labelled target images).
+    ``step_fn`` adds the adaptation term (``tlutils.adapt.adaptation_step``, see :func:`fit_adaptation`); without
+    it this is plain supervised training (source-only on the source, the oracle on labelled target images).
     """
     return fit(
         model,
