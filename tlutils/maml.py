@@ -149,6 +149,7 @@ def adapt(
     Differentiable: called inside ``torch.func.grad`` the outer gradient flows through every step
     (second order, as with ``create_graph=True``). ``first_order=True`` treats the inner gradients
     as constants (FOMAML). Parameters left out of ``params`` stay fixed at the model's values.
+    Introduced in chapter 06, section 2.
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")

@@ -112,3 +112,40 @@ def paired_difference(a, b, confidence: float = 0.95) -> dict:
     mean, sd = float(d.mean()), float(d.std(ddof=1))
     half = float(stats.t.ppf((1 + confidence) / 2, len(d) - 1) * sd / np.sqrt(len(d)))
     return {"mean": mean, "sd": sd, "n": len(d), "half_width": half, "low": mean - half, "high": mean + half}
+
+
+def paired_verdict(d: dict, a: str, b: str, unit: float = 100.0, units: str = "points") -> str:
+    """Read a :func:`paired_difference` of ``a - b``: "no detectable difference" when its interval holds 0,
+    else who is better and by how much (the mean difference times ``unit``, e.g. accuracy points)."""
+    if d["low"] <= 0 <= d["high"]:
+        return "no detectable difference"
+    winner = a if d["mean"] > 0 else b
+    return f"{winner} better by {abs(unit * d['mean']):.1f} {units}"
+
+
+def record_paired(name: str, d: dict) -> None:
+    """Record a :func:`paired_difference` as ``name`` (its mean) and ``name.ci95``, ``name.sd``, ``name.n``."""
+    record(name, d["mean"])
+    record(f"{name}.ci95", d["half_width"])
+    record(f"{name}.sd", d["sd"])
+    record(f"{name}.n", d["n"])
+
+
+def record_budget(rows, strategies=None, prefix: str = "target_acc") -> None:
+    """Record the mean of each ``budget_rows`` row as ``{prefix}.{strategy}.k{k}`` (only ``strategies`` if given)."""
+    for r in rows:
+        if strategies is None or r["strategy"] in strategies:
+            record(f"{prefix}.{r['strategy']}.k{r['k']}", r["mean"])
+
+
+def budget_table(rows, wide: bool = False, digits: int = 3) -> list[dict]:
+    """``budget_rows`` as table rows of ``"mean ± std"``: one per strategy and budget, or (``wide``) one per
+    strategy with a column per budget (``k=1``, ``k=5``...)."""
+    if not wide:
+        return [{"strategy": r["strategy"], "labels per class": r["k"],
+                 "test accuracy": f"{r['mean']:.{digits}f} ± {r['std']:.{digits}f}"} for r in rows]
+    table: dict[str, dict] = {}
+    for r in rows:
+        table.setdefault(r["strategy"], {"strategy": r["strategy"].replace("_", " ")})[f"k={r['k']}"] = \
+            f"{r['mean']:.{digits}f} ± {r['std']:.{digits}f}"
+    return list(table.values())
