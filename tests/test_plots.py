@@ -65,3 +65,24 @@ def test_plot_history_draws_epochs_or_steps():
     assert ax.get_xlabel() == "step" and [ln.get_label() for ln in ax.lines] == ["acc", "loss"]
     assert len(ax.lines[0].get_xdata()) == 3
     plt.close("all")
+
+
+def test_plot_unfreezing_shows_the_schedule_per_part():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tlutils.plots import plot_unfreezing
+
+    class Schedule:  # the two attributes of GradualUnfreezing that the plot reads
+        records = [{"trainable": ["head"]}, {"trainable": ["head", "stage4"]}]
+        lr_trace = [{"step": 1, "head": 1e-3, "stage4": 0.0}, {"step": 2, "head": 1e-3, "stage4": 3.8e-4}]
+
+    ax1, ax2 = plot_unfreezing(Schedule(), ["head", "stage4"])
+    assert ax1.images[0].get_array().tolist() == [[1.0, 1.0], [0.0, 1.0]]
+    assert [ln.get_label() for ln in ax2.lines] == ["head", "stage4"] and ax2.get_yscale() == "log"
+    frozen = ax2.lines[1].get_ydata()[0]
+    assert frozen != frozen, "a frozen part's rate is NaN (blank), not 0 on a log axis"
+    assert ax1.get_xlabel() == "epoch" and ax2.get_ylabel() == "learning rate (log scale)"
+    plt.close("all")

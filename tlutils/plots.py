@@ -41,6 +41,27 @@ def plot_history(history, keys: Iterable[str] | None = None, ax=None, title: str
     return ax
 
 
+def plot_unfreezing(schedule, parts: Sequence[str], axes=None):
+    """A ``GradualUnfreezing`` run (chapter 03, section 2): which of ``parts`` train in which epoch (left) and each
+    part's learning rate per optimizer step, blank while frozen (right). Returns the two axes."""
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    ax1, ax2 = axes
+    grid = np.array([[1.0 if p in r["trainable"] else 0.0 for r in schedule.records] for p in parts])
+    ax1.imshow(grid, cmap="Greens", aspect="auto", vmin=0, vmax=1.3)
+    ax1.set(yticks=range(len(parts)), yticklabels=list(parts), xticks=range(grid.shape[1]), xlabel="epoch",
+            ylabel="part (top of network first)", title="which parts train in which epoch (green = trainable)")
+    steps = [t["step"] for t in schedule.lr_trace]
+    for p in parts:
+        ax2.plot(steps, [t[p] if t[p] > 0 else np.nan for t in schedule.lr_trace], label=p)
+    ax2.set(yscale="log", xlabel="optimizer step", ylabel="learning rate (log scale)",
+            title="each group's learning rate (blank while frozen)")
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=8, ncol=2)
+    ax1.figure.tight_layout()
+    return ax1, ax2
+
+
 @functools.cache
 def _font_codepoints() -> frozenset[int]:
     """Code points the default matplotlib font can draw."""
