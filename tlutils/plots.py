@@ -230,3 +230,45 @@ def show_table(rows: Sequence[dict], columns: Sequence[str] | None = None, float
     except ImportError:
         pass
     print(text)
+
+
+def moving_average(values: Sequence[float], window: int) -> np.ndarray:
+    """Mean over each run of ``window`` consecutive values (``len(values) - window + 1`` of them)."""
+    window = max(1, min(int(window), len(values)))
+    return np.convolve(np.asarray(values, dtype=float), np.ones(window) / window, mode="valid")
+
+
+def plot_adaptation_run(history, *, window: int = 25, axes=None, title: str = "one run"):
+    """The batch-by-batch curves of one adaptation run (chapter 04's DANN, chapter 05's DAN) on three axes.
+
+    Left: every logged loss but the total (e.g. ``label_loss`` and ``domain_loss``, or ``mmd``), with ln 2 when a
+    domain loss is there (a domain classifier at chance); middle: every logged accuracy (source ``acc``, the
+    domain classifier's ``domain_acc``) with 0.5; right: the adaptation weight ``lambda`` as used. Curves are moving
+    averages over ``window`` batches (fewer in a very short run). Returns the three axes.
+    """
+    steps = np.asarray(history.column("step", per="step"))
+    if len(steps) == 0:
+        raise ValueError("the history has no per-step logs; pass the History a training function returned")
+    keys = sorted({k for r in history.steps for k in r})
+    k = max(1, min(window, len(steps) // 4))
+    if axes is None:
+        _, axes = plt.subplots(1, 3, figsize=(13, 3.2))
+    losses = [key for key in keys if key != "loss" and (key.endswith("loss") or key == "mmd")]
+    for key in losses:
+        axes[0].plot(steps[k - 1:], moving_average(history.column(key, per="step"), k), label=key)
+    if "domain_loss" in losses:
+        axes[0].axhline(np.log(2), ls="--", c="gray", label="ln 2 (domain chance)")
+    axes[0].set(xlabel="step", ylabel="loss", title=f"{title}: losses")
+    for key in (key for key in keys if key.endswith("acc")):
+        axes[1].plot(steps[k - 1:], moving_average(history.column(key, per="step"), k), label=key)
+    axes[1].axhline(0.5, ls="--", c="gray", label="chance (domains)")
+    axes[1].set(xlabel="step", ylabel="batch accuracy", title=f"{title}: accuracies", ylim=(0.4, 1.02))
+    for key in (key for key in keys if key in ("lambda", "weight")):
+        axes[2].plot(steps, history.column(key, per="step"), label=f"{key} as used")
+    axes[2].set(xlabel="step", ylabel="adaptation weight", title=f"{title}: weight of the transfer loss")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    plt.tight_layout()
+    return axes
