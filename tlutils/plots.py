@@ -261,7 +261,8 @@ def plot_adaptation_run(history, *, window: int = 25, axes=None, title: str = "o
     axes[0].set(xlabel="step", ylabel="loss", title=f"{title}: losses")
     for key in (key for key in keys if key.endswith("acc")):
         axes[1].plot(steps[k - 1:], moving_average(history.column(key, per="step"), k), label=key)
-    axes[1].axhline(0.5, ls="--", c="gray", label="chance (domains)")
+    if "domain_acc" in keys:
+        axes[1].axhline(0.5, ls="--", c="gray", label="domain chance")
     axes[1].set(xlabel="step", ylabel="batch accuracy", title=f"{title}: accuracies", ylim=(0.4, 1.02))
     for key in (key for key in keys if key in ("lambda", "weight")):
         axes[2].plot(steps, history.column(key, per="step"), label=f"{key} as used")
@@ -272,3 +273,24 @@ def plot_adaptation_run(history, *, window: int = 25, axes=None, title: str = "o
             ax.legend(fontsize=8)
     plt.tight_layout()
     return axes
+
+
+def plot_steps(history, keys: Sequence[str], *, window: int = 25, ax=None, title: str = "training, batch by batch",
+               ylabel: str = "value"):
+    """Per-batch logs ``keys`` of a ``History`` against the step, as moving averages over ``window`` batches
+    (fewer in a very short run); the first view of a visible run (chapter 07's student, for instance)."""
+    ax = _axes(ax, figsize=(6, 3.4))
+    steps = np.asarray(history.column("step", per="step"))
+    if len(steps) == 0:
+        raise ValueError("the history has no per-step logs; pass the History a training function returned")
+    k = max(1, min(window, len(steps) // 4))
+    for key in keys:
+        values = history.column(key, per="step")
+        if not values:
+            logged = sorted({n for r in history.steps for n in r})
+            raise KeyError(f"{key!r} was never logged per step; logged: {logged}")
+        ax.plot(steps[k - 1:], moving_average(values, k), label=key)
+    ax.set(xlabel="step", ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax
