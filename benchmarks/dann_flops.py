@@ -7,9 +7,9 @@ Time: the same difference of wall times, so set-up and the first step's allocati
 a plain fp32 ``torch.mm`` of two square matrices, timed in the same process with the same threads.
 ``train_step_flops_fraction`` = (step FLOPs / step seconds) / matmul FLOP/s.
 
-Where the rest of the time goes is measured too: the step's forward + backward alone (no optimiser, no batch
-drawing; ``compute_fraction``), and a ``torch.profiler`` table of one short run split into convolution / matmul,
-element-wise and normalisation ops, and the optimiser.
+Where the rest of the time goes is measured too: a ``torch.profiler`` table of one short run, its op time split into
+convolution / matmul, BatchNorm, element-wise ops (ReLU, pooling, losses, copies) and the optimiser, and the share of
+wall time spent outside any op (Python and autograd bookkeeping).
 
     python -m benchmarks.dann_flops [--quick]
 """
@@ -22,7 +22,6 @@ import time
 from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from tlutils.adapt import build_network, recipe_for
@@ -86,23 +85,6 @@ def step_flops(recipe, source, target, k: int) -> float:
     return (counts[1] - counts[0]) / (made[1] - made[0])
 
 
-def compute_only_seconds(recipe, source, target, repeats: int = 30) -> float:
-    """Median seconds of the step's forward + backward alone (two per-domain forwards, both losses, backward)."""
-    model = _model(recipe).train()
-    xs, xt, ys = source.x[: recipe.batch_size], target.x[: recipe.batch_size], source.y[: recipe.batch_size]
-    dom = torch.cat([torch.zeros(len(xs)), torch.ones(len(xt))])
-    times = []
-    for _ in range(repeats + 3):
-        t = time.perf_counter()
-        fs, ft = model.features(xs), model.features(xt)
-        loss = F.cross_entropy(model.classifier.head(fs), ys) + F.binary_cross_entropy_with_logits(
-            model.domain_logits(torch.cat([fs, ft]), 0.5), dom)
-        model.zero_grad(set_to_none=True)
-        loss.backward()
-        times.append(time.perf_counter() - t)
-    return sorted(times[3:])[len(times[3:]) // 2]
-
-
 def profile_groups(recipe, source, target, steps: int) -> dict:
     """Share of the profiled op self-time per group, and the share of wall time outside any op (Python)."""
     model = _model(recipe)
@@ -135,23 +117,19 @@ def run(quick: bool = True) -> dict:
     (short, n_short), (long, n_long) = _train(recipe, source, target, k), _train(recipe, source, target, 3 * k)
     step_s = (long - short) / (n_long - n_short)
     peak = matmul_rate()
-    compute_s = compute_only_seconds(recipe, source, target)
     result = {
         "train_step_flops_fraction": round(flops / step_s / peak, 3),
         "step_gflop": round(flops / 1e9, 4),
         "step_ms": round(1e3 * step_s, 2),
         "step_gflop_per_s": round(flops / step_s / 1e9, 2),
         "matmul_gflop_per_s": round(peak / 1e9, 2),
-        "compute_only_ms": round(1e3 * compute_s, 2),
-        "compute_only_fraction": round(flops / compute_s / peak, 3),
         "batch": f"{recipe.batch_size} source + {recipe.batch_size} target",
         "threads": torch.get_num_threads(),
     }
     result["profile"] = profile_groups(recipe, source, target, k)
     print(f"DANN step: {result['step_gflop']:.3f} GFLOP in {result['step_ms']:.1f} ms = "
           f"{result['step_gflop_per_s']:.1f} GFLOP/s; fp32 matmul {result['matmul_gflop_per_s']:.1f} GFLOP/s; "
-          f"fraction {result['train_step_flops_fraction']:.3f} (aim >= 0.5); forward+backward alone "
-          f"{result['compute_only_ms']:.1f} ms ({result['compute_only_fraction']:.3f}); {result['threads']} threads")
+          f"fraction {result['train_step_flops_fraction']:.3f} (aim >= 0.5); {result['threads']} threads")
     print("profile:", result["profile"])
     return result
 
