@@ -282,11 +282,11 @@ def test_killed_write_is_never_read_as_valid(tmp_data, monkeypatch):
 
 
 def _fields(name: str, options: dict) -> dict:
-    from tlutils.data.registry import resolve_options
+    from tlutils.data.registry import builder_code, resolve_options
 
     spec = domain_spec(name)
     opts = resolve_options(spec, options)
-    return {"version": spec.version, "options": opts, "seed": 0 if spec.uses_seed else None}
+    return {"code": builder_code(spec), "options": opts, "seed": 0 if spec.uses_seed else None}
 
 
 def test_bad_calls_get_clear_errors(tmp_data):

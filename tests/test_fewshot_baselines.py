@@ -6,8 +6,15 @@ import torch
 from torch import nn
 
 from tlutils import maml
-from tlutils.data.episodes import EpisodeSampler
-from tlutils.fewshot_baselines import finetune_head_curve, protonet_accuracy, protonet_train, prototype_logits
+from tlutils.data.episodes import EpisodeSampler, SinusoidTasks
+from tlutils.fewshot_baselines import (
+    finetune_head_curve,
+    pretrain_joint,
+    protonet_accuracy,
+    protonet_train,
+    prototype_logits,
+)
+from tlutils.train import History, fit
 
 
 def test_finetune_head_starts_at_chance(tiny_episodes):
@@ -43,6 +50,31 @@ def test_protonet_learns_on_separable_episodes():
     before = protonet_accuracy(features, tasks)
     hist = protonet_train(features, lambda g: sampler.sample(8, g), meta_steps=60, lr=1e-2, progress=False)
     after = protonet_accuracy(features, tasks)
-    assert before.shape == (30,) and len(hist["loss"]) == 60
+    loss = hist.column("loss", per="step")
+    assert before.shape == (30,) and len(loss) == 60 and len(hist.column("acc", per="step")) == 60
     assert after.mean() >= before.mean() + 0.2, (before.mean(), after.mean())
-    assert sum(hist["loss"][-10:]) < sum(hist["loss"][:10])
+    assert sum(loss[-10:]) < sum(loss[:10])
+
+
+def test_every_training_loop_returns_one_history_shape(tiny_episodes):
+    """fit, meta_train, pretrain_joint and protonet_train: a History with per-step rows, seconds and (fit) epochs."""
+    torch.manual_seed(0)
+    sines = SinusoidTasks()
+    sample_sines = lambda g: sines.sample(4, 5, 5, g)  # noqa: E731
+    sampler, _ = tiny_episodes()
+    sample_episodes = lambda g: sampler.sample(2, g)  # noqa: E731
+    x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    histories = {
+        "fit": fit(nn.Linear(4, 3), (x, y), epochs=2, batch_size=8, progress=False),
+        "meta_train": maml.meta_train(maml.sinusoid_mlp((8,)), sample_sines, maml.mse, meta_steps=3,
+                                      progress=False, snapshot_at=(0, 3)),
+        "pretrain_joint": pretrain_joint(maml.sinusoid_mlp((8,)), sample_sines, maml.mse, steps=3, progress=False),
+        "protonet_train": protonet_train(nn.Sequential(nn.Flatten(), nn.Linear(144, 4)), sample_episodes,
+                                         meta_steps=3, progress=False),
+    }
+    for name, hist in histories.items():
+        assert isinstance(hist, History), name
+        assert [r["step"] for r in hist.steps] == list(range(1, len(hist.steps) + 1)) and hist.steps, name
+        assert hist.seconds > 0 and hist.last("loss", per="step") == hist.steps[-1]["loss"], name
+    assert len(histories["fit"].epochs) == 2 and not histories["meta_train"].epochs
+    assert sorted(histories["meta_train"].snapshots) == [0, 3] and not histories["fit"].snapshots

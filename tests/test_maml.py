@@ -9,6 +9,7 @@ from torch import nn
 
 from tlutils import maml
 from tlutils.data.episodes import SinusoidTasks, TaskBatch
+from tlutils.train import History
 
 
 def _tiny_tasks(num_tasks: int = 3, seed: int = 0) -> TaskBatch:
@@ -139,10 +140,12 @@ def test_meta_training_is_deterministic_and_learns():
         return model, hist
 
     (m1, h1), (m2, h2) = run(), run()
-    assert h1["loss"] == h2["loss"]
+    loss = h1.column("loss", per="step")
+    assert isinstance(h1, History) and len(loss) == 40 and h1.steps[-1]["step"] == 40 and h1.seconds > 0
+    assert loss == h2.column("loss", per="step")
     for a, b in zip(m1.parameters(), m2.parameters(), strict=True):
         assert torch.equal(a, b)
-    assert sum(h1["loss"][-10:]) < sum(h1["loss"][:10])
+    assert sum(loss[-10:]) < sum(loss[:10])
 
 
 def test_adaptation_curve_starts_at_the_unadapted_loss_and_descends():
@@ -195,7 +198,7 @@ def test_meta_train_snapshots_are_copies_at_the_requested_steps():
     sampler = SinusoidTasks()
     hist = maml.meta_train(model, lambda g: sampler.sample(4, 5, 5, g), maml.mse, meta_steps=6, meta_lr=1e-2,
                            seed=0, progress=False, snapshot_at=(0, 3, 6))
-    snaps = hist["snapshots"]
+    snaps = hist.snapshots
     assert sorted(snaps) == [0, 3, 6]
     for k, v in start.items():
         assert torch.equal(snaps[0][k], v), "step 0 is the initialisation"

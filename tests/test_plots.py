@@ -79,3 +79,23 @@ def test_moving_average_and_the_adaptation_run_figure_label_what_they_draw():
         plot_steps(_run_history(), ["teacher_agreement"])
     with pytest.raises(ValueError, match="no per-step logs"):
         plot_adaptation_run(History())
+
+
+def test_plot_history_draws_epochs_or_steps():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tlutils.plots import plot_history
+    from tlutils.train import History
+
+    fit_like = History(epochs=[{"epoch": 1, "train_loss": 1.0}, {"epoch": 2, "train_loss": 0.5}],
+                       steps=[{"step": 1, "loss": 1.0}])
+    meta_like = History(steps=[{"step": s, "loss": 1.0 / s, "acc": 0.1 * s} for s in (1, 2, 3)])
+    ax = plot_history(fit_like)
+    assert ax.get_xlabel() == "epoch" and [ln.get_label() for ln in ax.lines] == ["train_loss"]
+    ax = plot_history(meta_like)
+    assert ax.get_xlabel() == "step" and [ln.get_label() for ln in ax.lines] == ["acc", "loss"]
+    assert len(ax.lines[0].get_xdata()) == 3
+    plt.close("all")

@@ -3,7 +3,17 @@ import torch
 from torch import nn
 
 from tlutils.models import ganin_cnn
-from tlutils.train import History, autocast_for, default_amp, evaluate, fit, predict, predict_features, tensor_batches
+from tlutils.train import (
+    History,
+    LoopProgress,
+    autocast_for,
+    default_amp,
+    evaluate,
+    fit,
+    predict,
+    predict_features,
+    tensor_batches,
+)
 
 
 def blobs(n=256, seed=0):
@@ -117,3 +127,26 @@ def test_predict_features_gives_what_the_head_reads():
     assert feats.shape == (6, 768)  # the flattened 48 x 4 x 4 map of the paper's network
     with torch.no_grad():
         assert torch.allclose(feats, net.features(x)) and torch.allclose(net.head(feats), net(x), atol=1e-6)
+
+
+def test_loop_progress_times_the_loop_and_closes_its_bar_on_an_error(monkeypatch):
+    monkeypatch.setenv("TLUTILS_PROGRESS", "1")
+    history = History()
+    with pytest.raises(RuntimeError, match="boom"), LoopProgress(history, 3, "test") as bar:
+        assert bar.bar is not None
+        bar.tick(loss=torch.tensor(0.5))
+        raise RuntimeError("boom")
+    assert bar.bar is None and history.seconds > 0
+    monkeypatch.setenv("TLUTILS_PROGRESS", "0")
+    with LoopProgress(History(), 3) as quiet:
+        quiet.tick(loss=1.0)
+        assert quiet.bar is None
+
+
+def test_history_reads_per_epoch_or_per_step():
+    history = History(epochs=[{"epoch": 1, "train_loss": 0.5}], steps=[{"step": 1, "loss": 0.7}])
+    assert history.last("train_loss") == 0.5 and history.last("loss", per="step") == 0.7
+    with pytest.raises(KeyError, match="'loss' was never logged per epoch"):
+        history.last("loss")
+    with pytest.raises(ValueError, match="per must be 'epoch' or 'step'"):
+        history.column("loss", per="batch")

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from tlutils.adapt import Recipe, adabn, build_network, fit_recipe, recipe_for
-from tlutils.cache import cache_key, load_or_build
+from tlutils.cache import cache_key, code_fingerprint, load_or_build
 from tlutils.dan import train_dan
 from tlutils.dann import DANN, train_dann
 from tlutils.data import list_domains, load_domain, online_options
@@ -183,16 +183,15 @@ def available_pairs(cfg) -> dict[str, tuple[str, str]]:
 # ----------------------------------------------------------------------------- cache of trained networks
 
 PAIR = ("mnist5k", "mnistm-lite")
-CACHE_VERSION = 2
 CACHED = ("source_only", "dann", "dan")
 """Trained methods of ``PAIR`` that chapter 05 re-uses (chapter 04 trains the first two, chapter 05 the third)."""
 
 
 def run_key(recipe: Recipe, source: str, target: str, seed: int) -> str:
-    """:func:`tlutils.cache.cache_key` of everything that determines a trained network (recipe, domains, seed,
-    version)."""
+    """:func:`tlutils.cache.cache_key` of everything that determines a trained network (recipe, domains, seed, and
+    :func:`tlutils.cache.code_fingerprint` of this module: the methods, ``train``, ``models`` and the data code)."""
     return cache_key({"recipe": asdict(recipe), "source": source, "target": target, "seed": seed,
-                      "version": CACHE_VERSION}, length=12)
+                      "code": code_fingerprint(__name__)}, length=12)
 
 
 def cache_paths(cfg, seed: int = 0, recipe: Recipe | None = None) -> dict[str, Path]:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from tlutils.augment import get as get_augment
-from tlutils.cache import cache_key, load_or_build
+from tlutils.cache import cache_key, code_fingerprint, load_or_build
 from tlutils.config import data_dir, get_device
 from tlutils.features import cached_features, data_fingerprint, train_linear_head, weights_fingerprint
 from tlutils.finetune import (
@@ -38,9 +38,6 @@ from tlutils.finetune import (
 from tlutils.train import accuracy, make_progress, progress_enabled
 
 STRATEGIES = ("scratch", "linear_probe", "finetune", "staged")
-STRATEGY_VERSION = 1
-"""Part of every run's cache key. Bump it when anything a run goes through changes its numbers (the strategies
-below, ``fit``, the schedules, features, augmentation, the models): the key holds the run's inputs, not the code."""
 
 
 RECIPE_FIELDS = {
@@ -99,7 +96,7 @@ def train_strategy(strategy: str, source_model: nn.Module, train, *, num_classes
 def run_inputs(recipe: StrategyRecipe, source_model: nn.Module, train, test, head_hidden: int | None,
                device: torch.device) -> dict:
     """Everything besides (strategy, k, seed) that determines a label-budget run's accuracy."""
-    return {"version": STRATEGY_VERSION, "recipe": recipe.as_dict(), "head_hidden": head_hidden,
+    return {"code": code_fingerprint(__name__), "recipe": recipe.as_dict(), "head_hidden": head_hidden,
             "source": weights_fingerprint(source_model.backbone), "train": data_fingerprint(train),
             "test": data_fingerprint(test), "torch": torch.__version__, "device": device.type,
             "threads": torch.get_num_threads() if device.type == "cpu" else None}
@@ -150,7 +147,9 @@ def label_budget_curve(source_model: nn.Module, train, test, *, strategies: Sequ
 
     With ``cache`` each run's accuracy is kept in ``<data dir>/budget_runs``, keyed by everything that
     determines it (``run_inputs``: strategy, k, seed, the recipe fields the strategy reads, source weights,
-    data, ``STRATEGY_VERSION``, torch version, device type, CPU threads), so chapters that share runs (01-03)
+    data, the code of this module and of everything it imports (:func:`tlutils.cache.code_fingerprint`: the
+    strategies, ``fit``, the schedules, features, augmentation, the models), torch version, device type, CPU
+    threads), so chapters that share runs (01-03)
     compute each one once; on the same machine a cached run is the number a fresh run gives. A file that is
     not the run its name promises is reported, deleted and recomputed (``tlutils.cache.load_or_build``).
     """

@@ -21,14 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tlutils.cache import cache_key, load_or_build
+from tlutils.cache import cache_key, code_fingerprint, load_or_build
 from tlutils.config import data_dir, get_device
 from tlutils.models import make_head
 from tlutils.timing import EpochTimer, timed
 from tlutils.train import as_tensors, fit, predict
-
-FEATURES_VERSION = 1
-"""Bump when extraction changes, so stale cache files are not reused."""
 
 _MEMORY: dict[str, Features] = {}
 _MEMORY_MAX = 16
@@ -146,10 +143,11 @@ def data_fingerprint(data) -> str:
 
 def feature_key(model: nn.Module, data, stage: str, grid: int = 1) -> str:
     """Cache key of features: ``<domain>-<split>-<stage>-`` and the :func:`tlutils.cache.cache_key` of the
-    checkpoint (weights hash), domain, split, stage, pooling, ``FEATURES_VERSION`` and the data's hash."""
+    checkpoint (weights hash), domain, split, stage, pooling, the data's hash and the code of extraction
+    (:func:`tlutils.cache.code_fingerprint` of this module and what it imports)."""
     backbone = backbone_of(model)
     name, split = getattr(data, "name", "tensors"), getattr(data, "split", "data")
-    fields = {"name": name, "split": split, "stage": stage, "grid": grid, "version": FEATURES_VERSION,
+    fields = {"name": name, "split": split, "stage": stage, "grid": grid, "code": code_fingerprint(__name__),
               "weights": weights_fingerprint(backbone), "data": data_fingerprint(data)}
     return f"{name}-{split}-{stage}-{cache_key(fields)}"
 

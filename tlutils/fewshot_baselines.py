@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import torch
@@ -19,7 +18,7 @@ from torch import Tensor, nn
 from tlutils.config import smoke_cap
 from tlutils.data.episodes import TaskBatch
 from tlutils.maml import LossFn, accuracy_of_logits, adaptation_curve, parameters_of
-from tlutils.train import make_progress, progress_enabled
+from tlutils.train import History, LoopProgress
 
 
 def pretrain_joint(
@@ -32,32 +31,29 @@ def pretrain_joint(
     seed: int = 0,
     progress: bool | None = None,
     desc: str = "pretrain",
-) -> dict[str, list[float]]:
+) -> History:
     """The paper's "pretrained on all tasks" baseline: plain regression on every point of the sampled tasks.
 
     No adaptation during training; at test time the model is fine-tuned with ``maml.adapt`` like MAML.
+    Returns a ``tlutils.train.History`` with the per-step ``loss`` in ``steps``, like ``maml.meta_train``.
     """
     gen = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    losses = []
-    start = time.perf_counter()
+    history = History()
     steps = smoke_cap(steps)  # a handful under TLUTILS_SMOKE=1
-    bar = make_progress(steps, desc, progress_enabled(progress))
-    for _ in range(steps):
-        t = sample_tasks(gen).to(device)
-        x = torch.cat([t.x_support, t.x_query], 1).flatten(0, 1)
-        y = torch.cat([t.y_support, t.y_query], 1).flatten(0, 1)
-        loss = loss_fn(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    return {"loss": losses, "seconds": [time.perf_counter() - start]}
+    with LoopProgress(history, steps, desc, progress) as bar:
+        for step in range(1, steps + 1):
+            t = sample_tasks(gen).to(device)
+            x = torch.cat([t.x_support, t.x_query], 1).flatten(0, 1)
+            y = torch.cat([t.y_support, t.y_query], 1).flatten(0, 1)
+            loss = loss_fn(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            history.steps.append({"step": step, "loss": loss.item()})
+            bar.tick(loss=history.steps[-1]["loss"])
+    return history
 
 
 @torch.no_grad()
@@ -135,31 +131,25 @@ def protonet_train(
     seed: int = 0,
     progress: bool | None = None,
     desc: str = "protonet",
-) -> dict[str, list[float]]:
+) -> History:
     """Train an embedding ``features`` episodically with the prototypical loss (Adam, one update per batch).
 
-    Returns per-step ``loss`` and ``acc`` lists plus ``seconds``, like ``meta_train``.
+    Returns a ``tlutils.train.History`` with per-step ``loss`` and ``acc`` in ``steps``, like ``meta_train``.
     """
     meta_steps = smoke_cap(meta_steps)  # a handful under TLUTILS_SMOKE=1
     gen = torch.Generator().manual_seed(seed)
     device = next(features.parameters()).device
     optimizer = torch.optim.Adam(features.parameters(), lr=lr)
     features.train()
-    history: dict[str, list[float]] = {"loss": [], "acc": []}
-    start = time.perf_counter()
-    bar = make_progress(meta_steps, desc, progress_enabled(progress))
-    for _ in range(meta_steps):
-        loss, acc = protonet_loss(features, sample_tasks(gen).to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        history["loss"].append(loss.item())
-        history["acc"].append(acc.item())
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    history["seconds"] = [time.perf_counter() - start]
+    history = History()
+    with LoopProgress(history, meta_steps, desc, progress) as bar:
+        for step in range(1, meta_steps + 1):
+            loss, acc = protonet_loss(features, sample_tasks(gen).to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            history.steps.append({"step": step, "loss": loss.item(), "acc": acc.item()})
+            bar.tick(**history.steps[-1])
     return history
 
 

@@ -26,7 +26,6 @@ in ``tlutils.fewshot_baselines``.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from statistics import NormalDist
@@ -39,7 +38,7 @@ from torch.func import functional_call, grad, vmap
 from tlutils.config import smoke_cap
 from tlutils.data.episodes import TaskBatch
 from tlutils.models import mlp
-from tlutils.train import autocast_for, default_amp, make_progress, progress_enabled
+from tlutils.train import History, LoopProgress, autocast_for, default_amp
 
 Params = dict[str, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -264,46 +263,36 @@ def meta_train(
     progress: bool | None = None,
     desc: str = "meta-train",
     snapshot_at: Sequence[int] = (),
-) -> dict[str, list[float]]:
+) -> History:
     """Meta-train ``model`` in place: Adam over ``meta_steps`` meta-batches from ``sample_tasks(generator)``.
 
     ``anneal=True`` decays the meta learning rate to zero on a cosine (useful when the budget is
-    far below the paper's 60-70k meta-steps). Returns the per-step logs (``loss``, and ``acc`` for
-    classification) as lists, plus ``seconds``. ``snapshot_at`` lists meta-step counts (0 = the
-    initialisation) at which a copy of the parameters goes into ``history["snapshots"][count]``
-    (a dict, not a list), so one run gives accuracy against meta-training length.
+    far below the paper's 60-70k meta-steps). Returns a ``tlutils.train.History``: per-step rows in ``steps``
+    (``loss``, and ``acc`` for classification: ``history.column("acc", per="step")``) and ``seconds``.
+    ``snapshot_at`` lists meta-step counts (0 = the initialisation) at which a copy of the parameters goes into
+    ``history.snapshots[count]``, so one run gives accuracy against meta-training length.
     """
     check_batch_stats(model)
     gen = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=meta_lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, meta_steps)) if anneal else None
-    history: dict[str, list[float]] = {}
-    snapshots: dict[int, Params] = {}
+    history = History()
     copy = lambda: {k: v.detach().clone() for k, v in model.named_parameters()}  # noqa: E731
     if 0 in snapshot_at:
-        snapshots[0] = copy()
-    start = time.perf_counter()
+        history.snapshots[0] = copy()
     meta_steps = smoke_cap(meta_steps)  # a handful under TLUTILS_SMOKE=1
-    bar = make_progress(meta_steps, desc, progress_enabled(progress))
-    for step in range(1, meta_steps + 1):
-        logs = meta_step(
-            model, optimizer, sample_tasks(gen), loss_fn,
-            steps=steps, inner_lr=inner_lr, first_order=first_order, vectorize=vectorize, amp=amp,
-        )
-        if scheduler is not None:
-            scheduler.step()
-        for k, v in logs.items():
-            history.setdefault(k, []).append(v)
-        if step in snapshot_at:
-            snapshots[step] = copy()
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{logs['loss']:.3f}", refresh=False)
-    if bar is not None:
-        bar.close()
-    history["seconds"] = [time.perf_counter() - start]
-    if snapshot_at:
-        history["snapshots"] = snapshots  # type: ignore[assignment]
+    with LoopProgress(history, meta_steps, desc, progress) as bar:
+        for step in range(1, meta_steps + 1):
+            logs = meta_step(
+                model, optimizer, sample_tasks(gen), loss_fn,
+                steps=steps, inner_lr=inner_lr, first_order=first_order, vectorize=vectorize, amp=amp,
+            )
+            if scheduler is not None:
+                scheduler.step()
+            history.steps.append({"step": step, **logs})
+            if step in snapshot_at:
+                history.snapshots[step] = copy()
+            bar.tick(loss=logs["loss"])
     return history
 
 

@@ -25,13 +25,15 @@ def _axes(ax=None, figsize=(5, 3.5)):
 
 
 def plot_history(history, keys: Iterable[str] | None = None, ax=None, title: str | None = None):
-    """Curves of a ``History`` against epochs (default: every loss and accuracy it logged)."""
+    """Curves of a ``History`` against epochs (default: every loss and accuracy it logged); against steps for the
+    loops without epochs (``maml.meta_train``, ``protonet_train``, ``pretrain_joint``)."""
     ax = _axes(ax)
-    keys = list(keys) if keys is not None else sorted(k for k in history.keys() if "loss" in k or "acc" in k)
+    per = "epoch" if history.epochs else "step"
+    keys = list(keys) if keys is not None else sorted(k for k in history.keys(per) if "loss" in k or "acc" in k)
     for key in keys:
-        ys = history.column(key)
-        ax.plot(range(1, len(ys) + 1), ys, marker="o", ms=3, label=key)
-    ax.set_xlabel("epoch")
+        ys = history.column(key, per)
+        ax.plot(range(1, len(ys) + 1), ys, marker="o" if per == "epoch" else None, ms=3, label=key)
+    ax.set_xlabel(per)
     ax.set_ylabel("value")
     ax.set_title(title or "training history")
     ax.grid(alpha=0.3)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from tlutils.cache import cache_key, load_or_build
+from tlutils.cache import cache_key, code_fingerprint, load_or_build
 from tlutils.config import Setup
 from tlutils.data import load_domain
 from tlutils.models import (
@@ -28,13 +28,10 @@ from tlutils.models import (
 from tlutils.schedules import LRSchedule, one_cycle
 from tlutils.train import History, evaluate, fit
 
-RECIPE_VERSION = 2  # 2: one-cycle as a function of progress (tlutils.schedules), no momentum cycling
-
 
 def source_recipe(cfg: Setup) -> dict:
     """Sizes and hyper-parameters of source pretraining for the active profile (tiny at smoke scale)."""
     return {
-        "version": RECIPE_VERSION,
         "domain": "glyphs",
         "alphabets": "background",
         "arch": "resnet_small",
@@ -48,10 +45,16 @@ def source_recipe(cfg: Setup) -> dict:
     }
 
 
+def source_code() -> str:
+    """:func:`tlutils.cache.code_fingerprint` of this module: the code the source model is trained by (this module,
+    ``train``, ``models``, ``data``...), part of its checkpoint's key."""
+    return code_fingerprint(__name__)
+
+
 def checkpoint_path(cfg: Setup, recipe: dict | None = None) -> Path:
-    """``<data dir>/checkpoints/source-<arch>-<cache_key of the recipe>.pt``."""
+    """``<data dir>/checkpoints/source-<arch>-<cache_key of the recipe and the code>.pt``."""
     recipe = recipe or source_recipe(cfg)
-    key = cache_key(recipe, length=12)
+    key = cache_key({**recipe, "code": source_code()}, length=12)
     return cfg.data_dir / "checkpoints" / f"source-{recipe['arch']}-{key}.pt"
 
 
@@ -107,6 +110,7 @@ def pretrain_source(
         "seed": cfg.seed,
         "source_test_acc": metrics["acc"],
         "history": history.epochs,
+        "code": source_code(),
     }
     if save:
         save_checkpoint(model.cpu(), checkpoint_path(cfg, recipe), **meta)
@@ -120,6 +124,8 @@ def _load_source_checkpoint(path: Path, recipe: dict) -> tuple[Classifier, dict]
     differ = sorted(k for k in {*stored, *expected} if stored.get(k) != expected.get(k))
     if differ:
         raise ValueError(f"it was trained with another recipe (differs in {', '.join(differ)})")
+    if meta.get("code") != source_code():
+        raise ValueError(f"it was trained by other code (fingerprint {meta.get('code')!r}, now {source_code()!r})")
     return model, meta
 
 

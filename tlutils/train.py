@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -90,23 +91,36 @@ def autocast_for(device: torch.device, amp: bool) -> tuple[Callable[[], object],
 
 @dataclass
 class History:
-    """Per-epoch means (``epochs``) and per-batch logs (``steps``) of one ``fit`` call."""
+    """What one training loop logged; every loop returns one (``fit``, ``maml.meta_train``,
+    ``fewshot_baselines.pretrain_joint`` and ``protonet_train``).
+
+    ``epochs``: per-epoch rows (``fit``: ``train_loss``, ``val_acc``, ``lr``...; empty for the episodic loops, which
+    have no epochs); ``steps``: per-step rows ``{"step": n, "loss": ..., ...}``; ``seconds``: wall-clock time of the
+    loop; ``snapshots``: copies of the parameters by step count (``meta_train(..., snapshot_at=...)``).
+    """
 
     epochs: list[dict] = field(default_factory=list)
     steps: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    snapshots: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    def _rows(self, per: str) -> list[dict]:
+        if per not in ("epoch", "step"):
+            raise ValueError(f"per must be 'epoch' or 'step', got {per!r}")
+        return self.epochs if per == "epoch" else self.steps
 
     def column(self, name: str, per: str = "epoch") -> list[float]:
-        rows = self.epochs if per == "epoch" else self.steps
-        return [r[name] for r in rows if name in r]
+        """The values of ``name`` over epochs (``per="epoch"``) or steps (``per="step"``)."""
+        return [r[name] for r in self._rows(per) if name in r]
 
-    def last(self, name: str) -> float:
-        values = self.column(name)
+    def last(self, name: str, per: str = "epoch") -> float:
+        values = self.column(name, per)
         if not values:
-            raise KeyError(f"{name!r} was never logged; logged keys: {sorted(self.keys())}")
+            raise KeyError(f"{name!r} was never logged per {per}; logged keys: {sorted(self.keys(per))}")
         return values[-1]
 
-    def keys(self) -> set[str]:
-        return {k for r in self.epochs for k in r}
+    def keys(self, per: str = "epoch") -> set[str]:
+        return {k for r in self._rows(per) for k in r}
 
 
 @dataclass
@@ -156,6 +170,39 @@ def progress_enabled(progress: bool | None) -> bool:
 def make_progress(total: int, desc: str | None, enabled: bool):
     """One tqdm bar (notebook widget in Jupyter, text elsewhere), or None."""
     return tqdm(total=total, desc=desc, leave=False, mininterval=1.0) if enabled else None
+
+
+class LoopProgress:
+    """Progress bar and wall-clock time of one training loop, shared by every loop that returns a ``History``.
+
+    ``LoopProgress(history, total, desc, progress)`` starts the clock and (on the main process, unless
+    ``progress=False`` or ``$TLUTILS_PROGRESS=0``) a bar of ``total`` ticks; ``tick(**postfix)`` advances it and shows
+    the numbers given; ``close()`` (or leaving a ``with`` block, also on an error) removes the bar and records
+    ``history.seconds``.
+    """
+
+    def __init__(self, history: History, total: int, desc: str | None = None, progress: bool | None = None):
+        self.history = history
+        self.bar = make_progress(total, desc, progress_enabled(progress) and is_main_process())
+        self.start = time.perf_counter()
+
+    def tick(self, **postfix: float) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            if postfix:
+                self.bar.set_postfix({k: f"{float(v):.3f}" for k, v in postfix.items()}, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        self.history.seconds = time.perf_counter() - self.start
+
+    def __enter__(self) -> LoopProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 # ----------------------------------------------------------------------------- fit
@@ -267,7 +314,7 @@ def fit(
     gen = torch.Generator().manual_seed(seed)
     history = History()
     state = FitState(model, optimizer, epochs, epochs * per_epoch, device, history)
-    bar = make_progress(epochs, desc, progress_enabled(progress) and is_main_process())
+    bar = LoopProgress(history, epochs, desc, progress)
 
     _call(callbacks, "on_fit_start", state)
     for epoch in range(epochs):
@@ -303,11 +350,8 @@ def fit(
             row.update({f"val_{k}": v for k, v in evaluate(model, val, device=device, amp=amp).items()})
         history.epochs.append(row)
         _call(callbacks, "on_epoch_end", state)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k in ("train_loss", "val_acc")})
-    if bar is not None:
-        bar.close()
+        bar.tick(**{k: v for k, v in row.items() if k in ("train_loss", "val_acc")})
+    bar.close()
     _call(callbacks, "on_fit_end", state)
     model.eval()
     return history

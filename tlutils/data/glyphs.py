@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tlutils.cache import code_fingerprint
 from tlutils.data.cache import Arrays, cached
 from tlutils.data.digits import DIGIT_CLASSES, mnist5k_arrays
 from tlutils.data.registry import DomainSpec, register, single_threaded
@@ -37,7 +38,6 @@ MASTER_SIZE = 32
 _BOX = 24
 _RENDER_PT = 40
 """Font size (pixels) at which masters are rasterised before being scaled into the box."""
-MASTERS_VERSION = 2
 
 # Unicode ranges (inclusive) of each alphabet. Order matters: it fixes class order and dedup priority.
 ALPHABETS: dict[str, tuple[tuple[int, int], ...]] = {
@@ -306,7 +306,7 @@ def _build_digit_templates() -> Arrays:
 @functools.lru_cache(maxsize=1)
 def digit_templates() -> np.ndarray:
     """Features of digits 0-9 as printed (every usable font) and handwritten (300 mnist5k samples)."""
-    fields = {"version": MASTERS_VERSION, "fonts": sorted(font_coverage()), "box": _BOX, "pt": _RENDER_PT}
+    fields = {"code": code_fingerprint(__name__), "fonts": sorted(font_coverage()), "box": _BOX, "pt": _RENDER_PT}
     with single_threaded():
         return _features(cached("digit-templates", "all", fields, _build_digit_templates).x[:, 0])
 
@@ -371,7 +371,7 @@ def _build_reference() -> Arrays:
 @functools.lru_cache(maxsize=1)
 def reference_table() -> Arrays:
     """The reference renders of all candidates (built once, cached on disk and in memory)."""
-    fields = {"version": MASTERS_VERSION, "fonts": sorted(font_coverage()), "box": _BOX, "pt": _RENDER_PT}
+    fields = {"code": code_fingerprint(__name__), "fonts": sorted(font_coverage()), "box": _BOX, "pt": _RENDER_PT}
     with single_threaded():
         return cached("glyph-reference", "all", fields, _build_reference)
 
@@ -572,7 +572,6 @@ register(
             "per_class": 60,
             "distortion": 1.0,
         },
-        version=3,
         description="characters of 27 scripts/symbol blocks from matplotlib's fonts, distorted; no digits",
     )
 )

@@ -294,7 +294,6 @@ for _name, _build, _splits, _what in (
             _build,
             _splits,
             dict(_ONLINE),
-            version=1,
             uses_seed=_name == "mnistm",  # the seed picks each digit's photo and crop
             online=True,
             uncached_options=("download", "verify"),

@@ -1,9 +1,10 @@
 """One registry for every domain: ``load_domain(name, split, seed=..., device=..., **options)``.
 
-A builder is a function ``build(split, seed, **options) -> Arrays`` registered with its splits,
-default options and a ``version`` (bump it whenever its output changes, so stale caches are not
-reused). ``load_domain`` validates the call, serves the cached arrays (or builds them) and returns a
-``Domain`` with float32 images in [0, 1] on ``device``.
+A builder is a function ``build(split, seed, **options) -> Arrays`` registered with its splits and
+default options. Its cache key holds :func:`tlutils.cache.code_fingerprint` of the builder's module (and of the
+data modules it imports), so a change to the code that draws a domain rebuilds it, and nothing else does.
+``load_domain`` validates the call, serves the cached arrays (or builds them) and returns a ``Domain`` with
+float32 images in [0, 1] on ``device``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from tlutils.cache import code_fingerprint
 from tlutils.config import SMOKE_PER_CLASS, smoke_enabled
 from tlutils.data.cache import Arrays, cached
 from tlutils.data.domain import Domain
@@ -28,7 +30,6 @@ class DomainSpec:
     build: Callable[..., Arrays]
     splits: tuple[str, ...]
     defaults: dict
-    version: int
     description: str
     uses_seed: bool = True
     online: bool = False
@@ -114,6 +115,15 @@ def single_threaded() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def builder_code(spec: DomainSpec) -> str:
+    """:func:`tlutils.cache.code_fingerprint` of the module that defines ``spec.build`` (and what it imports)."""
+    try:
+        return code_fingerprint(spec.build.__module__)
+    except ValueError as err:
+        raise ValueError(f"domain {spec.name!r}: {err}. Define its builder in a module file (its code keys the "
+                         "cache), or load it with cache=False") from None
+
+
 def _build(spec: DomainSpec, split: str, seed: int, opts: dict) -> Arrays:
     with single_threaded():
         return spec.build(split, seed, **opts)
@@ -183,7 +193,9 @@ def load_domain(
     seed = int(seed)
     opts = resolve_options(spec, options)
     key_opts = {k: v for k, v in opts.items() if k not in spec.uncached_options}
-    fields = {"version": spec.version, "options": key_opts, "seed": seed if spec.uses_seed else None}
+    fields = {"options": key_opts, "seed": seed if spec.uses_seed else None}
+    if cache:  # an uncached builder needs no fingerprint (it may live in a notebook, outside any module file)
+        fields["code"] = builder_code(spec)
     if spec.fingerprint is not None:
         fields["files"] = spec.fingerprint(opts)
     arrays = cached(name, split, fields, lambda: _build(spec, split, seed, opts), use_cache=cache)

@@ -133,7 +133,6 @@ register(
         build_syndigits,
         ("train", "test"),
         {"size": None},
-        version=1,
         description="SynNumbers-like printed digits (colour, clutter, neighbours, blur); 5,000 / 1,000",
     )
 )
