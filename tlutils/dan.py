@@ -42,6 +42,7 @@ class DANStep:
     ``lambda = weight * dynamic_weight(f_s, f_t)``. Target batches are drawn here, seeded, as large as the
     source batch; target labels are never used. Logs ``label_loss``, ``mmd`` (the summed multi-kernel
     estimate), source ``acc`` and ``lambda``.
+    Chapter 05, section 4 (``notebooks/05_mmd.ipynb``, "One DAN run") shows this source.
     """
 
     def __init__(
@@ -115,7 +116,9 @@ def train_dan(
 ) -> History:
     """Train a ``Classifier`` with DAN's MMD penalty under chapters 04-05's recipe (optimiser, lr annealing,
     batch, length, ramp, per-domain forwards), so that DAN, DANN and source-only differ only in the
-    adaptation term."""
+    adaptation term.
+    Chapter 05, section 4 ("One DAN run") calls it once before the comparison over seeds.
+    """
     step = DANStep(target, weight=weight, layers=layers, gamma=recipe.gamma, delay=recipe.delay,
                    per_domain=recipe.per_domain, weighting=weighting, loss=loss, seed=seed + 1)
     return fit_recipe(model, source, recipe, step_fn=step, seed=seed, device=device, amp=amp, progress=progress,

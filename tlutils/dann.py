@@ -48,6 +48,7 @@ def grad_reverse(x: torch.Tensor, lambda_: float = 1.0) -> torch.Tensor:
     """Gradient reversal: returns ``x`` unchanged; on the way back the gradient becomes ``-lambda_ * grad``.
 
     ``lambda_`` is a number (a 0-d tensor is read as its value); it never receives a gradient.
+    Taught in chapter 04, section 1 (``notebooks/04_dann.ipynb``), which writes it out by hand.
     """
     if isinstance(lambda_, torch.Tensor):
         if lambda_.numel() != 1:
@@ -134,6 +135,7 @@ class DANNStep:
     target are forwarded separately (each normalised by its own BatchNorm statistics). Logs ``label_loss``,
     ``domain_loss``, ``domain_acc`` (0.5 is chance: the features fool the domain head), source ``acc`` and
     ``lambda``.
+    Chapter 04, section 4 ("One DANN run") shows this source next to the run that uses it.
     """
 
     def __init__(
@@ -197,7 +199,10 @@ def train_dann(
     progress: bool | None = None,
     val=None,
 ) -> History:
-    """Train a :class:`DANN` on labelled ``source`` and unlabelled ``target`` under ``recipe``."""
+    """Train a :class:`DANN` on labelled ``source`` and unlabelled ``target`` under ``recipe``.
+
+    Chapter 04, section 4 ("One DANN run") calls it once; section 5 over seeds.
+    """
     step = DANNStep(target, gamma=recipe.gamma, lambda_max=recipe.lambda_max, delay=recipe.delay,
                     per_domain=recipe.per_domain, weighting=weighting, seed=seed + 1)
     return fit_recipe(model, source, recipe, step_fn=step, seed=seed, device=device, amp=amp, progress=progress,
