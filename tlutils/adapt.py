@@ -298,8 +298,9 @@ def fit_recipe(
 ) -> History:
     """One run under a recipe: its optimiser, annealed learning rate, batch size and length.
 
-    ``step_fn`` adds the adaptation term (``tlutils.dann.DANNStep``, ``tlutils.dan.DANStep``); without it this
-    is plain supervised training (source-only on the source, the oracle on labelled target images).
+    ``step_fn`` adds the adaptation term (:func:`adaptation_step`, used by :func:`fit_adaptation`; ``train`` is
+    then a dict of streams); without it this is plain supervised training (source-only on the source, the oracle
+    on labelled target images).
     """
     return fit(
         model,
