@@ -125,3 +125,20 @@ def test_every_method_under_ddp_matches_one_process(tmp_path):
         assert two0["params"][method] == two1["params"][method], f"{method}: the ranks' parameters differ"
         # same data order, global batch and averaged gradients: equal up to float reduction order
         assert two0["params"][method] == pytest.approx(one["params"][method], abs=TOLERANCE.get(method, 1e-4)), method
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="gloo via torchrun is tested on Linux/macOS")
+def test_ddp_script_trains_chapter_04s_dann_on_fake_files(tmp_path):
+    """``scripts/ddp_finetune.py --method dann`` under torchrun (2 CPU ranks, smoke scale, fake MNIST/BSDS files)."""
+    from pathlib import Path
+
+    from tlutils.course.smoke import prepare
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "ddp_finetune.py"
+    env = {**os.environ, **prepare(tmp_path), "OMP_NUM_THREADS": "1", "TLUTILS_DEVICE": "cpu", "TLUTILS_PROGRESS": "0"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           "--profile", "full", "--method", "dann"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "world size 2: DANN mnist5k -> mnistm-lite target accuracy" in proc.stdout
+    assert list((tmp_path / "data" / "checkpoints").glob("ddp-dann-*.pt"))
