@@ -47,6 +47,40 @@ def test_plot_budget_curves_labels_axes_and_every_line():
     plt.close("all")
 
 
+def _run_history(n: int = 40):
+    from tlutils.train import History
+
+    steps = [{"step": i + 1, "loss": 1.0, "label_loss": 1 / (i + 1), "domain_loss": 0.69, "acc": 0.5 + i / 100,
+              "domain_acc": 0.9 - i / 100, "lambda": i / n} for i in range(n)]
+    return History(epochs=[{"epoch": 1}], steps=steps)
+
+
+def test_moving_average_and_the_adaptation_run_figure_label_what_they_draw():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import numpy as np
+    import pytest
+
+    from tlutils.plots import moving_average, plot_adaptation_run, plot_steps
+    from tlutils.train import History
+
+    assert np.allclose(moving_average([1, 2, 3, 4], 2), [1.5, 2.5, 3.5])
+    assert np.allclose(moving_average([1, 2], 10), [1.5]), "a window longer than the series shrinks to it"
+    axes = plot_adaptation_run(_run_history(), window=5, title="DANN")
+    assert {line.get_label() for line in axes[0].get_lines()} >= {"label_loss", "domain_loss"}
+    assert "loss" not in {line.get_label() for line in axes[0].get_lines()}, "the total is not a curve of its own"
+    assert {line.get_label() for line in axes[1].get_lines()} >= {"acc", "domain_acc"}
+    assert [line.get_label() for line in axes[2].get_lines()] == ["lambda as used"]
+    assert all(ax.get_xlabel() == "step" and ax.get_ylabel() for ax in axes)
+    ax = plot_steps(_run_history(), ["loss", "acc"], window=5)
+    assert [line.get_label() for line in ax.get_lines()] == ["loss", "acc"] and ax.get_xlabel() == "step"
+    with pytest.raises(KeyError, match="never logged"):
+        plot_steps(_run_history(), ["teacher_agreement"])
+    with pytest.raises(ValueError, match="no per-step logs"):
+        plot_adaptation_run(History())
+
+
 def test_plot_history_draws_epochs_or_steps():
     import matplotlib
 

@@ -96,3 +96,19 @@ def test_budget_table_long_and_wide():
                                      "test accuracy": "0.700 ± 0.050"}
     assert budget_table(rows, wide=True) == [{"strategy": "linear probe", "k=1": "0.500 ± 0.100",
                                               "k=5": "0.700 ± 0.050"}]
+
+
+def test_domain_game_reads_the_domain_classifier_of_one_run():
+    from tlutils.results import domain_game
+    from tlutils.train import History
+
+    steps = [{"step": i, "domain_acc": 1.0 if i < 10 else 0.5, "domain_loss": 0.1 if i < 10 else 0.7, "acc": 0.9}
+             for i in range(100)]
+    game = domain_game(History(steps=steps), window=5)
+    assert game["early"] == 1.0 and game["late"] == 0.5 and game["peak"] == 1.0
+    assert game["late_loss"] == pytest.approx(0.7) and game["late_source_acc"] == pytest.approx(0.9)
+    assert "fool" in game["state"]
+    steps = [dict(s, domain_acc=0.9) for s in steps]
+    assert "still tells the domains apart" in domain_game(History(steps=steps))["state"]
+    with pytest.raises(ValueError, match="domain_acc"):
+        domain_game(History(steps=[{"step": 1, "loss": 1.0}]))

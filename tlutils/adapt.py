@@ -300,8 +300,9 @@ def fit_recipe(
 ) -> History:
     """One run under a recipe: its optimiser, annealed learning rate, batch size and length.
 
-    ``step_fn`` adds the adaptation term (``tlutils.adapt.adaptation_step``, see :func:`fit_adaptation`); without
-    it this is plain supervised training (source-only on the source, the oracle on labelled target images).
+    ``step_fn`` adds the adaptation term (:func:`adaptation_step`, used by :func:`fit_adaptation`; ``train`` is
+    then a dict of streams); without it this is plain supervised training (source-only on the source, the oracle
+    on labelled target images).
     """
     return fit(
         model,

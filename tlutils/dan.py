@@ -29,6 +29,7 @@ class MMDTransfer(nn.Module):
     """DAN's transfer loss: ``lambda * sum_l MMD^2_k(h_l(x_s), h_l(x_t))`` over the ``layers`` chosen (see
     ``DAN_LAYERS``), ``lambda = weight(batch)`` (an :class:`tlutils.adapt.AdaptationWeight`). Logs ``mmd`` (the
     summed multi-kernel estimate) and ``lambda``. Has no parameters.
+    Chapter 05, section 4 (``notebooks/05_mmd.ipynb``, "One DAN run") shows this source.
     """
 
     def __init__(self, layers: str = "all", weight: AdaptationWeight = AdaptationWeight(),
@@ -70,7 +71,9 @@ def train_dan(
     """Train a ``Classifier`` with DAN's MMD penalty under chapters 04-05's recipe (optimiser, lr annealing,
     batch, length, ramp, per-domain forwards), so that DAN, DANN and source-only differ only in the
     adaptation term: ``DomainAdaptation(model, MMDTransfer(...))`` trained by ``tlutils.adapt.fit_adaptation``
-    (the classifier's weights are trained in place)."""
+    (the classifier's weights are trained in place).
+    Chapter 05, section 4 ("One DAN run") calls it once before the comparison over seeds.
+    """
     transfer = MMDTransfer(layers, AdaptationWeight(weight, recipe.gamma, recipe.delay, weighting), loss)
     return fit_adaptation(DomainAdaptation(model, transfer, recipe.per_domain), source, target, recipe, seed=seed,
                           device=device, amp=amp, progress=progress, val=val, desc="DAN")

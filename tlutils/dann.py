@@ -48,6 +48,7 @@ def grad_reverse(x: torch.Tensor, lambda_: float = 1.0) -> torch.Tensor:
     """Gradient reversal: returns ``x`` unchanged; on the way back the gradient becomes ``-lambda_ * grad``.
 
     ``lambda_`` is a number (a 0-d tensor is read as its value); it never receives a gradient.
+    Taught in chapter 04, section 1 (``notebooks/04_dann.ipynb``), which writes it out by hand.
     """
     if isinstance(lambda_, torch.Tensor):
         if lambda_.numel() != 1:
@@ -89,6 +90,7 @@ class DomainAdversarialLoss(nn.Module):
     The GRL supplies the minus sign for the features, so the loss has none (never negate twice) and is added to
     the cross-entropy with weight 1: ``lambda`` scales only the reversed gradient. Logs ``domain_loss``,
     ``domain_acc`` (0.5 is chance: the features fool the domain head) and ``lambda``.
+    Chapter 04, section 4 ("One DANN run") shows this source next to the run that uses it.
     """
 
     def __init__(self, domain_head: nn.Module, weight: AdaptationWeight = AdaptationWeight()):
@@ -170,6 +172,7 @@ def train_dann(
 
     The recipe sets the model's schedule (``lambda = lambda_max * ramp(p, gamma, delay)``, or
     ``lambda_max * dynamic_weight(f_s, f_t)`` for ``weighting="dynamic"``) and ``per_domain``.
+    Chapter 04, section 4 ("One DANN run") calls it once; section 5 over seeds.
     """
     if not isinstance(model, DANN):
         raise TypeError(f"train_dann trains a tlutils.dann.DANN model (classifier + domain head), "

@@ -65,6 +65,7 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor | Non
     """Hinton et al.'s loss: ``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels)``.
 
     ``labels=None`` (or all ``UNLABELLED``) leaves the soft term only. ``alpha=0`` is plain cross-entropy.
+    Chapter 07, section 1 (``notebooks/07_distillation_multitask.ipynb``, "One distillation run") shows this source.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -113,7 +114,10 @@ def repeat_to(n: int, *tensors: Tensor) -> tuple[Tensor, ...]:
 
 
 class DistilStep:
-    """``step_fn`` for ``fit``: the batch is ``(images, teacher_logits, labels)``; ``kd_loss`` at ``T``, ``alpha``."""
+    """``step_fn`` for ``fit``: the batch is ``(images, teacher_logits, labels)``; ``kd_loss`` at ``T``, ``alpha``.
+
+    Chapter 07, section 1 ("One distillation run") shows this source.
+    """
 
     def __init__(self, *, T: float, alpha: float):
         self.T, self.alpha = T, alpha
@@ -134,6 +138,7 @@ def distil(student: nn.Module, x: Tensor, teacher_logits: Tensor, labels: Tensor
 
     ``teacher_logits`` and ``labels`` (``UNLABELLED`` where unknown) have one row per image. ``alpha=0``
     trains on the labels only, ignoring the teacher. The number of steps is ``epochs * len(x) // batch_size``.
+    Chapter 07, section 1 ("One distillation run") calls it once.
     """
     if not len(x) == len(teacher_logits) == len(labels):
         raise ValueError(f"x, teacher_logits and labels need one row per image: {len(x)}, "
@@ -225,6 +230,7 @@ class LwFStep:
 
     loss = CE(target head, y) + weight * T^2 * KL(old_T || source head_T) on the same target images (both heads
     in one forward of the model).
+    Chapter 07, section 3 ("One LwF run") shows this source; its "under the hood" cell writes one step by hand.
     """
 
     def __init__(self, *, T: float = 2.0, weight: float = 1.0):
@@ -266,6 +272,7 @@ def learning_without_forgetting(source: Classifier, target, *, recipe: StrategyR
 
     No source images are needed: the old head's logits on the target images, recorded before training,
     are the distillation targets. Same steps and rates as chapter 02's fine-tuning (``recipe``).
+    Chapter 07, section 3 ("One LwF run") calls it once.
     """
     model = two_task_model(source, target.num_classes, seed)
     old_logits = predict(model.classifier("source"), target, device=device)

@@ -149,3 +149,26 @@ def budget_table(rows, wide: bool = False, digits: int = 3) -> list[dict]:
         table.setdefault(r["strategy"], {"strategy": r["strategy"].replace("_", " ")})[f"k={r['k']}"] = \
             f"{r['mean']:.{digits}f} ± {r['std']:.{digits}f}"
     return list(table.values())
+
+
+def domain_game(history, window: int = 25) -> dict:
+    """How the domain game of one DANN run went, from its per-batch logs (chapter 04, section 4).
+
+    ``early`` / ``late``: the domain classifier's mean batch accuracy over the first / last tenth of training;
+    ``peak``: its highest moving average over ``window`` batches; ``late_loss``: its mean loss over the last tenth;
+    ``late_source_acc``: the label predictor's source batch accuracy over the last tenth; ``state``: a sentence
+    reading ``late`` (below 0.6: the features fool the classifier; above 0.75: they still give the domain away).
+    """
+    acc = np.asarray([r["domain_acc"] for r in history.steps if "domain_acc" in r], dtype=float)
+    if len(acc) == 0:
+        raise ValueError("no 'domain_acc' in the history's per-step logs: pass the History of a DANN run")
+    tenth = max(1, len(acc) // 10)
+    k = max(1, min(window, len(acc) // 4))
+    late = float(acc[-tenth:].mean())
+    state = ("close to chance: the features fool the domain classifier" if late < 0.6 else
+             "well above chance: the domain classifier still tells the domains apart, the features have not won "
+             "the game" if late > 0.75 else "between chance and certainty: the game is undecided")
+    tail = history.steps[-tenth:]
+    return {"early": float(acc[:tenth].mean()), "peak": float(np.convolve(acc, np.ones(k) / k, "valid").max()),
+            "late": late, "late_loss": float(np.mean([r["domain_loss"] for r in tail if "domain_loss" in r])),
+            "late_source_acc": float(np.mean([r["acc"] for r in tail if "acc" in r])), "state": state}
