@@ -8,7 +8,16 @@ import pytest
 import torch
 
 from tlutils.adapt import Recipe
-from tlutils.adapt_runs import METHODS, by_method, cache_paths, cached_runs, run_seed, save_runs
+from tlutils.adapt_runs import (
+    METHODS,
+    by_method,
+    cache_paths,
+    cached_runs,
+    compare_methods,
+    compare_pairs,
+    run_seed,
+    save_runs,
+)
 from tlutils.data.domain import Domain
 from tlutils.models import ganin_cnn
 from tlutils.train import History
@@ -60,11 +69,11 @@ def test_cached_runs_load_what_was_saved_and_retrain_a_bad_file(tmp_path, monkey
             assert torch.equal(model.state_dict()[key], value), (method, key)
     cache_paths(cfg, seed=0)["dann"].write_bytes(b"not a checkpoint")
     asked = []
-    monkeypatch.setattr("tlutils.adapt_runs.run_seed", lambda *a, methods, **k: asked.append(methods) or runs[1:])
+    monkeypatch.setattr("tlutils.adapt_runs.run_method", lambda method, *a, **k: asked.append(method) or [runs[1]])
     monkeypatch.setattr("tlutils.adapt_runs.load_pair", lambda *a, **k: (None, None, None))
     with pytest.warns(UserWarning, match=r"adaptation checkpoint .*dann.* is invalid .*deleting and rebuilding"):
         again = cached_runs(cfg, seed=0)
-    assert asked == [["dann"]], "only the unreadable network is retrained"
+    assert asked == ["dann"], "only the unreadable network is retrained"
     assert set(again) == {"source_only", "dann"} and again["dann"][0] is nets["dann"]
     model, _ = cached_runs(cfg, seed=0, methods=("dann",))["dann"]  # the retrained network was saved
     assert all(torch.equal(model.state_dict()[k], v) for k, v in nets["dann"].state_dict().items())
@@ -73,7 +82,7 @@ def test_cached_runs_load_what_was_saved_and_retrain_a_bad_file(tmp_path, monkey
     paths["dann"].write_bytes(paths["source_only"].read_bytes())
     with pytest.warns(UserWarning, match="'source_only' under key"):
         cached_runs(cfg, seed=0, methods=("dann",))
-    assert asked == [["dann"], ["dann"]]
+    assert asked == ["dann", "dann"]
     with pytest.raises(ValueError, match="not cached"):
         cached_runs(cfg, seed=0, methods=("oracle",))
 
@@ -85,9 +94,27 @@ def test_save_run_caches_a_visible_run_so_cached_runs_does_not_train_it_again(tm
     net = ganin_cnn(10, batch_norm=True).eval()
     history = History(epochs=[{"epoch": 1, "train_mmd": 0.1}])
     assert save_run(cfg, "dan", 3, net, history, 0.7) == cache_paths(cfg, seed=3)["dan"]
-    monkeypatch.setattr("tlutils.adapt_runs.run_seed", lambda *a, **k: pytest.fail("should load, not train"))
+    monkeypatch.setattr("tlutils.adapt_runs.run_method", lambda *a, **k: pytest.fail("should load, not train"))
     model, hist = cached_runs(cfg, seed=3, methods=("dan",))["dan"]
     assert hist.epochs == history.epochs
     assert all(torch.equal(model.state_dict()[k], v) for k, v in net.state_dict().items())
     with pytest.raises(ValueError, match="not cached"):
         save_run(cfg, "oracle", 3, net, history, 0.7)
+
+
+def test_compare_pairs_in_two_workers_equals_one_process_and_keeps_the_order():
+    data = {"p": (_domain(0), _domain(1, 0.5), _domain(2, 0.5)), "q": (_domain(3), _domain(4, 0.3), _domain(5, 0.3))}
+    recipe = Recipe(steps=4, batch_size=8, domain_hidden=(8,))
+    methods = ("source_only", "adabn", "dann")
+    here = compare_pairs(data, recipe, [0, 1], methods=methods, workers=1)
+    spawned = compare_pairs(data, recipe, [0, 1], methods=methods, workers=2)
+    for name in data:
+        assert [(r.method, r.seed) for r in here[name]] == [(m, s) for s in (0, 1) for m in methods]
+        for a, b in zip(here[name], spawned[name], strict=True):
+            assert (a.method, a.seed, a.target_acc, a.source_acc) == (b.method, b.seed, b.target_acc, b.source_acc)
+            for (k, v), w in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
+                assert torch.equal(v, w), (name, a.method, a.seed, k)
+        by = {(r.method, r.seed): r for r in spawned[name]}
+        assert by["adabn", 0].model is by["source_only", 0].model  # derived in the job of its base network
+    assert [r.target_acc for r in compare_methods(*data["p"], recipe, [0, 1], methods=methods, workers=1)] == [
+        r.target_acc for r in here["p"]]

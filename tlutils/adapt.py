@@ -209,8 +209,9 @@ def adabn(model: nn.Module, target, batch_size: int = 1000, device=None) -> nn.M
         m.reset_running_stats()
         m.momentum = None  # cumulative average over all batches
         m.train()
-    for xb in x.split(batch_size):
-        adapted(xb.to(device))
+    with torch.no_grad():  # train-mode BatchNorm still updates its statistics; no graph is kept
+        for xb in x.split(batch_size):
+            adapted(xb.to(device))
     for m, momentum in zip(norms, saved, strict=True):
         m.momentum = momentum
     return adapted.eval()

@@ -34,6 +34,7 @@ from tlutils.dan import train_dan
 from tlutils.dann import DANN, train_dann
 from tlutils.data import list_domains, load_domain, online_options
 from tlutils.models import Classifier, load_weights, save_checkpoint, write_checkpoint
+from tlutils.parallel import map_jobs
 from tlutils.train import History, evaluate
 
 METHODS = ("source_only", "adabn", "dann", "dan", "oracle")
@@ -82,6 +83,41 @@ def train_method(
     return net.eval(), history
 
 
+def _scored(method: str, seed: int, net: Classifier, history: History | None, seconds: float, source, target_train,
+            target_test, device=None) -> RunResult:
+    """``net`` scored on ``target_test`` and ``source`` (with each domain's BatchNorm statistics for ``PER_DOMAIN``
+    methods); ``seconds`` counts the scoring too."""
+    start = time.perf_counter()
+    on_target, on_source, running = net, net, None
+    if method in PER_DOMAIN:
+        on_target, on_source = adabn(net, target_train, device=device), adabn(net, source, device=device)
+        running = evaluate(net, target_test, device=device)["acc"] if method not in DERIVED else None
+    target_acc = evaluate(on_target, target_test, device=device)["acc"]
+    source_acc = evaluate(on_source, source, device=device)["acc"]
+    return RunResult(method, seed, target_acc, source_acc, net, history, seconds + time.perf_counter() - start,
+                     on_target, on_source, running)
+
+
+def run_method(method: str, source, target_train, target_test, recipe: Recipe, seed: int, *, derived=(),
+               device=None, progress: bool | None = None) -> list[RunResult]:
+    """Train one method's network (:func:`train_method`) and score it, then score the ``derived`` methods that
+    re-use it (``adabn`` of ``source_only``): one job of :func:`compare_pairs`, ``[run, *derived runs]``."""
+    start = time.perf_counter()
+    net, history = train_method(method, source, target_train, recipe, seed=seed, device=device, progress=progress)
+    runs = [_scored(method, seed, net, history, time.perf_counter() - start, source, target_train, target_test,
+                    device)]
+    return runs + [_scored(m, seed, net, None, 0.0, source, target_train, target_test, device) for m in derived]
+
+
+def _check_methods(methods) -> None:
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    missing = [m for m in methods if m in DERIVED and DERIVED[m] not in methods]
+    if missing:
+        raise ValueError(f"{missing} re-use the network of {[DERIVED[m] for m in missing]}: list that method too")
+
+
 def run_seed(
     source,
     target_train,
@@ -93,44 +129,54 @@ def run_seed(
     device=None,
     progress: bool | None = None,
 ) -> list[RunResult]:
-    """Every method of ``methods`` for one seed, scored on ``target_test`` (and on the source it was trained on).
+    """Every method of ``methods`` for one seed, in this process, scored on ``target_test`` (and on the source it
+    was trained on).
 
     ``adabn`` re-uses the ``source_only`` network (list both); it costs one pass over the unlabelled target
     training images. ``source_acc`` is measured on ``source`` (the images the source model was trained on).
     """
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
-    missing = [m for m in methods if m in DERIVED and DERIVED[m] not in methods]
-    if missing:
-        raise ValueError(f"{missing} re-use the network of {[DERIVED[m] for m in missing]}: list that method too")
+    _check_methods(methods)
     out: dict[str, RunResult] = {}
-    for method in sorted(methods, key=lambda m: m in DERIVED):  # trained methods first
-        start = time.perf_counter()
-        if method in DERIVED:
-            net, history = out[DERIVED[method]].model, None
-        else:
-            net, history = train_method(method, source, target_train, recipe, seed=seed, device=device,
-                                        progress=progress)
-        on_target, on_source, running = net, net, None
-        if method in PER_DOMAIN:
-            on_target, on_source = adabn(net, target_train, device=device), adabn(net, source, device=device)
-            running = evaluate(net, target_test, device=device)["acc"] if method != "adabn" else None
-        seconds = time.perf_counter() - start
-        out[method] = RunResult(method, seed, evaluate(on_target, target_test, device=device)["acc"],
-                                evaluate(on_source, source, device=device)["acc"], net, history, seconds,
-                                on_target, on_source, running)
+    for method in (m for m in methods if m not in DERIVED):
+        derived = [m for m in methods if DERIVED.get(m) == method]
+        for run in run_method(method, source, target_train, target_test, recipe, seed, derived=derived,
+                              device=device, progress=progress):
+            out[run.method] = run
     return [out[m] for m in methods]
+
+
+COST = {"dann": 2.0, "dan": 2.0, "source_only": 1.0, "oracle": 1.0}
+"""Relative training time of the trained methods (two domains per step cost about twice one): longest first."""
+
+
+def compare_pairs(
+    data: dict[str, tuple], recipe: Recipe, seeds, *, methods=("source_only", "adabn", "dann", "oracle"),
+    device=None, workers: int | None = None,
+) -> dict[str, list[RunResult]]:
+    """``{pair name: runs}`` for ``data = {name: (source, target train, target test)}``: every trained method and
+    seed of every pair is one job of :func:`tlutils.parallel.map_jobs` (worker processes on a multi-core CPU, one
+    thread each; in this process on a GPU); a derived method (``adabn``) is scored in the job of its base network.
+    Runs come in the order ``for seed in seeds: for method in methods``, as :func:`run_seed` returns them."""
+    _check_methods(methods)
+    seeds = list(seeds)
+    trained = [(name, s, m) for name in data for s in seeds for m in methods if m not in DERIVED]
+    trained.sort(key=lambda job: -COST.get(job[2], 1.0))
+    jobs = [dict(method=m, source=data[name][0], target_train=data[name][1], target_test=data[name][2],
+                 recipe=recipe, seed=s, derived=[d for d in methods if DERIVED.get(d) == m], device=device,
+                 progress=False) for name, s, m in trained]
+    done = {(name, s, run.method): run for (name, s, _), runs in
+            zip(trained, map_jobs(run_method, jobs, workers=workers, device=device, desc="adaptation runs"),
+                strict=True) for run in runs}
+    return {name: [done[name, s, m] for s in seeds for m in methods] for name in data}
 
 
 def compare_methods(
     source, target_train, target_test, recipe: Recipe, seeds, *, methods=("source_only", "adabn", "dann", "oracle"),
-    device=None,
-    progress: bool | None = None,
+    device=None, workers: int | None = None,
 ) -> list[RunResult]:
-    """:func:`run_seed` for every seed: the runs behind a results table."""
-    return [r for s in seeds for r in run_seed(source, target_train, target_test, recipe, s, methods=methods,
-                                               device=device, progress=progress)]
+    """Every method and seed on one pair (:func:`compare_pairs`): the runs behind a results table."""
+    return compare_pairs({"pair": (source, target_train, target_test)}, recipe, seeds, methods=methods,
+                         device=device, workers=workers)["pair"]
 
 
 def by_method(runs: list[RunResult], field: str = "target_acc") -> dict[str, list[float]]:
@@ -263,7 +309,9 @@ def cached_runs(
     def train(method: str) -> tuple[Classifier, History, RunResult]:
         if not pair:
             pair.extend(load_pair(*PAIR, device=cfg.device))
-        (run,) = run_seed(*pair, recipe, seed, methods=[method], device=cfg.device, progress=progress)
+        ((run,),) = map_jobs(run_method, [dict(method=method, source=pair[0], target_train=pair[1], target_test=pair[2],
+                                            recipe=recipe, seed=seed, device=cfg.device, progress=progress)],
+                          device=cfg.device)  # one thread, as in compare_pairs: the same network either way
         return run.model.cpu().eval(), run.history, run
 
     def save(value, f) -> None:
@@ -276,6 +324,24 @@ def cached_runs(
         out[m] = value[:2]
     return out
 
+
+
+def cached_seeds(cfg, seeds, methods=("source_only", "dann"), *, workers: int | None = None
+                 ) -> dict[int, dict[str, tuple[Classifier, History]]]:
+    """:func:`cached_runs` for several seeds, ``{seed: {method: (network, history)}}``; the networks missing from
+    the cache are first trained side by side (:func:`tlutils.parallel.map_jobs`) and cached."""
+    recipe = recipe_for(cfg)
+    unknown = [m for m in methods if m not in CACHED]
+    if unknown:
+        raise ValueError(f"{unknown} are not cached; choose from {', '.join(CACHED)}")
+    missing = [(s, m) for s in seeds for m in methods if not cache_paths(cfg, s, recipe)[m].exists()]
+    if len(missing) > 1:
+        source, target_train, target_test = load_pair(*PAIR, device=cfg.device)
+        jobs = [dict(method=m, source=source, target_train=target_train, target_test=target_test, recipe=recipe,
+                     seed=s, device=cfg.device, progress=False) for s, m in missing]
+        runs = map_jobs(run_method, jobs, workers=workers, device=cfg.device, desc="cached networks")
+        save_runs(cfg, [run for (run,) in runs], recipe)
+    return {s: cached_runs(cfg, s, methods) for s in seeds}
 
 __all__ = [
     "CACHED",
@@ -290,9 +356,12 @@ __all__ = [
     "by_method",
     "cache_paths",
     "cached_runs",
+    "cached_seeds",
     "load_pair",
     "compare_methods",
+    "compare_pairs",
     "run_key",
+    "run_method",
     "run_seed",
     "save_run",
     "save_runs",

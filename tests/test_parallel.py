@@ -1,0 +1,42 @@
+"""Unit tests of tlutils.parallel: jobs side by side in worker processes give what one process gives."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tlutils.parallel import default_workers, map_jobs
+
+
+def test_default_workers_one_on_an_accelerator_at_most_the_jobs_and_the_environment_wins(monkeypatch):
+    monkeypatch.delenv("TLUTILS_WORKERS", raising=False)
+    assert default_workers("cuda", jobs=10) == 1
+    assert 1 <= default_workers("cpu", jobs=3) <= 3
+    assert default_workers("cpu", jobs=1) == 1
+    monkeypatch.setenv("TLUTILS_WORKERS", "5")
+    assert default_workers("cpu", jobs=3) == 3 and default_workers("cuda", jobs=9) == 5
+    for bad in ("two", "0"):
+        monkeypatch.setenv("TLUTILS_WORKERS", bad)
+        with pytest.raises(ValueError, match="TLUTILS_WORKERS"):
+            default_workers("cpu", jobs=3)
+
+
+def test_map_jobs_keeps_the_order_takes_keywords_and_runs_each_job_on_one_thread():
+    jobs = [(torch.arange(4.0), 2.0), {"x": torch.ones(3), "scale": -1.0}, (torch.zeros(2),)]
+    here = map_jobs(_scaled, jobs, workers=1)
+    there = map_jobs(_scaled, jobs, workers=2, progress=False)
+    for a, b in zip(here, there, strict=True):
+        assert torch.equal(a[0], b[0]) and a[1] == b[1] == 1  # one intra-op thread in both
+    assert torch.equal(here[0][0], torch.arange(4.0) * 2) and torch.equal(here[1][0], -torch.ones(3))
+    assert torch.get_num_threads() >= 1
+
+
+def test_a_failing_job_names_itself_and_the_way_to_debug_it():
+    with pytest.raises(RuntimeError, match=r"job 1 of 2 \(_scaled\) failed in a worker.*TLUTILS_WORKERS=1"):
+        map_jobs(_scaled, [(torch.ones(1),), ("not a tensor", 2.0)], workers=2, progress=False)
+    with pytest.raises(TypeError):  # in this process the error is the job's own
+        map_jobs(_scaled, [("not a tensor", None)], workers=1)
+
+
+def _scaled(x, scale: float = 1.0):
+    return x * scale, torch.get_num_threads()
