@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tlutils.adapt import Recipe
+from tlutils.adapt import AdaptationRecipe
 from tlutils.adapt_runs import METHODS, by_method, cache_paths, cached_runs, run_seed, save_runs
 from tlutils.data.domain import Domain
 from tlutils.models import ganin_cnn
@@ -23,7 +23,7 @@ def _domain(seed: int, shift: float = 0.0, n: int = 48) -> Domain:
 
 def test_run_seed_trains_each_method_and_derives_adabn():
     source, target, test = _domain(0), _domain(1, 0.5), _domain(2, 0.5)
-    recipe = Recipe(steps=6, batch_size=8, domain_hidden=(8,))
+    recipe = AdaptationRecipe(steps=6, batch_size=8, domain_hidden=(8,))
     runs = run_seed(source, target, test, recipe, seed=0, methods=METHODS)
     assert [r.method for r in runs] == list(METHODS)
     by = {r.method: r for r in runs}
@@ -43,7 +43,7 @@ def test_cache_paths_key_on_recipe_and_seed(tmp_path):
     a = cache_paths(cfg, seed=0)
     assert a["dann"].parent == tmp_path / "checkpoints" and a["dann"] != a["source_only"]
     assert cache_paths(cfg, seed=1)["dann"] != a["dann"]
-    assert cache_paths(cfg, seed=0, recipe=Recipe(steps=7))["dann"] != a["dann"]
+    assert cache_paths(cfg, seed=0, recipe=AdaptationRecipe(steps=7))["dann"] != a["dann"]
 
 
 def test_cached_runs_load_what_was_saved_and_retrain_a_bad_file(tmp_path, monkeypatch):

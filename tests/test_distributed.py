@@ -58,7 +58,7 @@ SCRIPT = textwrap.dedent('''
             return sum(loss for loss, _ in out) / SHARDS, out[0][1]
 
     src, tgt = domain(128, 1), domain(96, 2, shift=0.2)
-    recipe = adapt.Recipe(steps=6, batch_size=32, lr=0.05, batch_norm=False)
+    recipe = adapt.AdaptationRecipe(steps=6, batch_size=32, lr=0.05, batch_norm=False)
     results = {}
 
     model = tiny()

@@ -22,14 +22,14 @@ concurrent processes).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from tlutils.adapt import Recipe, adabn, build_network, fit_recipe, recipe_for
-from tlutils.cache import cache_key, code_fingerprint, load_or_build
+from tlutils.adapt import AdaptationRecipe, adabn, build_network, fit_recipe, recipe_for
+from tlutils.cache import code_fingerprint, load_or_build
 from tlutils.dan import train_dan
 from tlutils.dann import DANN, train_dann
 from tlutils.data import list_domains, load_domain, online_options
@@ -64,7 +64,8 @@ class RunResult:
 
 
 def train_method(
-    method: str, source, target_train, recipe: Recipe, *, seed: int = 0, device=None, progress: bool | None = None
+    method: str, source, target_train, recipe: AdaptationRecipe, *, seed: int = 0, device=None,
+    progress: bool | None = None,
 ) -> tuple[Classifier, History]:
     """Train one method's network from scratch (``torch.manual_seed(seed)`` before building it)."""
     torch.manual_seed(seed)
@@ -86,7 +87,7 @@ def run_seed(
     source,
     target_train,
     target_test,
-    recipe: Recipe,
+    recipe: AdaptationRecipe,
     seed: int,
     *,
     methods=("source_only", "adabn", "dann", "oracle"),
@@ -124,7 +125,8 @@ def run_seed(
 
 
 def compare_methods(
-    source, target_train, target_test, recipe: Recipe, seeds, *, methods=("source_only", "adabn", "dann", "oracle"),
+    source, target_train, target_test, recipe: AdaptationRecipe, seeds, *,
+    methods=("source_only", "adabn", "dann", "oracle"),
     device=None,
     progress: bool | None = None,
 ) -> list[RunResult]:
@@ -187,14 +189,13 @@ CACHED = ("source_only", "dann", "dan")
 """Trained methods of ``PAIR`` that chapter 05 re-uses (chapter 04 trains the first two, chapter 05 the third)."""
 
 
-def run_key(recipe: Recipe, source: str, target: str, seed: int) -> str:
+def run_key(recipe: AdaptationRecipe, source: str, target: str, seed: int) -> str:
     """:func:`tlutils.cache.cache_key` of everything that determines a trained network (recipe, domains, seed, and
     :func:`tlutils.cache.code_fingerprint` of this module: the methods, ``train``, ``models`` and the data code)."""
-    return cache_key({"recipe": asdict(recipe), "source": source, "target": target, "seed": seed,
-                      "code": code_fingerprint(__name__)}, length=12)
+    return recipe.cache_key(source=source, target=target, seed=seed, code=code_fingerprint(__name__), length=12)
 
 
-def cache_paths(cfg, seed: int = 0, recipe: Recipe | None = None) -> dict[str, Path]:
+def cache_paths(cfg, seed: int = 0, recipe: AdaptationRecipe | None = None) -> dict[str, Path]:
     """Checkpoint paths of the cached methods (``CACHED``) of ``PAIR`` for one seed."""
     recipe = recipe or recipe_for(cfg)
     key = run_key(recipe, *PAIR, seed)
@@ -202,14 +203,14 @@ def cache_paths(cfg, seed: int = 0, recipe: Recipe | None = None) -> dict[str, P
     return {m: folder / f"adapt_{PAIR[0]}_to_{PAIR[1]}_{m}_seed{seed}_{key}.pt" for m in CACHED}
 
 
-def _run_metadata(run: RunResult, recipe: Recipe) -> dict:
+def _run_metadata(run: RunResult, recipe: AdaptationRecipe) -> dict:
     """What a cached network's checkpoint records beside its weights (``key``: checked when it is loaded)."""
     epochs = run.history.epochs if getattr(run, "history", None) is not None else []
-    return dict(method=run.method, source=PAIR[0], target=PAIR[1], seed=run.seed, recipe=asdict(recipe),
+    return dict(method=run.method, source=PAIR[0], target=PAIR[1], seed=run.seed, recipe=recipe.as_dict(),
                 key=run_key(recipe, *PAIR, run.seed), target_acc=run.target_acc, history=epochs)
 
 
-def save_runs(cfg, runs: list[RunResult], recipe: Recipe | None = None) -> list[Path]:
+def save_runs(cfg, runs: list[RunResult], recipe: AdaptationRecipe | None = None) -> list[Path]:
     """Write the networks (and per-epoch logs) of the cached methods among ``runs`` (of ``PAIR``), atomically."""
     recipe = recipe or recipe_for(cfg)
     return [save_checkpoint(r.model, cache_paths(cfg, r.seed, recipe)[r.method], **_run_metadata(r, recipe))
@@ -217,7 +218,7 @@ def save_runs(cfg, runs: list[RunResult], recipe: Recipe | None = None) -> list[
 
 
 def save_run(cfg, method: str, seed: int, model: Classifier, history: History | None, target_acc: float,
-             recipe: Recipe | None = None) -> Path:
+             recipe: AdaptationRecipe | None = None) -> Path:
     """Cache one network of ``PAIR`` trained outside :func:`cached_runs` (a chapter's visible run), so that
     ``cached_runs(cfg, seed, (method,))`` loads it instead of training it again.
 
@@ -232,7 +233,7 @@ def save_run(cfg, method: str, seed: int, model: Classifier, history: History | 
     return save_checkpoint(model, cache_paths(cfg, seed, recipe)[method], **_run_metadata(run, recipe))
 
 
-def _load_run(path: Path, recipe: Recipe, method: str, seed: int) -> tuple[Classifier, History]:
+def _load_run(path: Path, recipe: AdaptationRecipe, method: str, seed: int) -> tuple[Classifier, History]:
     """The network and per-epoch history at ``path``, verified to be ``method``'s under ``recipe`` and ``seed``
     (raises otherwise)."""
     blob = torch.load(path, map_location="cpu", weights_only=True)
