@@ -10,6 +10,10 @@ adaptation term of the step differs. The pieces both adaptation steps need live 
   DDP syncs every gradient); :func:`adaptation_step` adds the source cross-entropy; :func:`fit_adaptation` trains
   it on the named streams ``{"source": ..., "target": ...}`` of ``fit``. A transfer loss maps an
   :class:`AdaptationBatch` to ``(loss, logs)``; :class:`AdaptationWeight` is the shared weight schedule;
+  :class:`TargetEntropy` is the smallest such loss (the target's conditional entropy) and :class:`TransferSum`
+  adds several of them (DANN + entropy, say) into one;
+- :class:`AdaptationRecipe` (a ``tlutils.recipe.Recipe``), :func:`recipe_for` and :func:`fit_recipe`: the network,
+  optimiser, annealed rate, batches and length every method of chapters 04-05 shares;
 - :func:`domain_features`: source and target features from *separate* forward passes, so that a network
   with BatchNorm normalises each domain by its own batch statistics;
 - :func:`adabn` (Li et al. 2016): re-estimate BatchNorm statistics on target images, the simplest adaptation;
@@ -220,8 +224,8 @@ class DomainAdaptation(nn.Module):
     BatchNorm statistics, see :func:`domain_features`), builds an :class:`AdaptationBatch` and returns
     ``(source logits, transfer loss, logs)``; the ``transfer`` module maps an ``AdaptationBatch`` to
     ``(loss, logs)`` with its weight already applied (``tlutils.dann.DomainAdversarialLoss``,
-    ``tlutils.dan.MMDTransfer``, or a new one such as an entropy term). :func:`adaptation_step` adds the
-    source cross-entropy.
+    ``tlutils.dan.MMDTransfer``, :class:`TargetEntropy`, several of them in a :class:`TransferSum`, or a new one).
+    :func:`adaptation_step` adds the source cross-entropy.
     """
 
     def __init__(self, classifier: nn.Module, transfer: nn.Module, per_domain: bool = True):
