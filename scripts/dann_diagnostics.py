@@ -13,7 +13,6 @@ Each run prints one line per model and a mean per variant; nothing is cached or 
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -42,7 +41,7 @@ def ablation(recipe: AdaptationRecipe, pair: str, seeds: list[int]) -> None:
     source, target = (load_domain(d, "train") for d in PAIRS[pair])
     target_test = load_domain(PAIRS[pair][1], "test")
     for name, change in VARIANTS.items():
-        r = replace(recipe, **change)
+        r = recipe.replace(**change)
         results: dict[str, list[tuple[float, float]]] = {"source_only": [], "dann": []}
         for seed in seeds:
             for method in results:

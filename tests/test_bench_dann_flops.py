@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
@@ -14,7 +12,7 @@ from tlutils.adapt import AdaptationRecipe
 
 
 def test_step_flops_equal_one_hand_written_forward_and_backward_of_the_dann_step():
-    recipe = replace(AdaptationRecipe(), batch_size=8)
+    recipe = AdaptationRecipe(batch_size=8)
     source, target = _domain(0, 32), _domain(1, 32)
     counted = step_flops(recipe, source, target, k=4)
     model = _model(recipe).train()

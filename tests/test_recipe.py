@@ -58,6 +58,8 @@ def test_as_dict_and_cache_key():
     assert len(toy.cache_key(length=8)) == 8
     with pytest.raises(TypeError, match="no field 'step'"):
         toy.cache_key(only=["step"])
+    with pytest.raises(TypeError, match="go under 'recipe'"):
+        toy.cache_key(recipe="mine")
 
 
 def test_for_profile_reads_the_profiles_table():

@@ -63,6 +63,9 @@ class Recipe:
         """:func:`tlutils.cache.cache_key` of ``{"recipe": fields, **context}``: the fields named in ``only`` (all by
         default: a run that reads a few fields keys on those alone, so changing another keeps its cache), plus
         ``context``, what else the artefact depends on (code fingerprint, data, seed...)."""
+        if "recipe" in context:
+            raise TypeError("cache_key(recipe=...): the recipe's own fields go under 'recipe'; name the context "
+                            "entry otherwise")
         fields = self.as_dict()
         if only is not None:
             only = list(only)
