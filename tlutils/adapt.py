@@ -426,11 +426,11 @@ def fit_adaptation(
 
 __all__ = [
     "AdaptationBatch",
+    "AdaptationRecipe",
     "AdaptationWeight",
     "DomainAdaptation",
     "TargetEntropy",
     "TransferSum",
-    "AdaptationRecipe",
     "WEIGHTINGS",
     "adaptation_step",
     "fit_adaptation",
