@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -68,7 +67,7 @@ def _train(recipe, source, target, steps: int) -> tuple[float, int]:
     epochs, so the count is read from the history)."""
     model = _model(recipe)
     t = time.perf_counter()
-    history = train_dann(model, source, target, replace(recipe, steps=steps), seed=0, progress=False)
+    history = train_dann(model, source, target, recipe.replace(steps=steps), seed=0, progress=False)
     return time.perf_counter() - t, len(history.steps)
 
 
@@ -78,7 +77,7 @@ def step_flops(recipe, source, target, k: int) -> float:
     for steps in (k, 2 * k):
         counter = FlopCounterMode(display=False)
         with counter:
-            history = train_dann(_model(recipe), source, target, replace(recipe, steps=steps), seed=0,
+            history = train_dann(_model(recipe), source, target, recipe.replace(steps=steps), seed=0,
                                  progress=False)
         counts.append(counter.get_total_flops())
         made.append(len(history.steps))
@@ -90,7 +89,7 @@ def profile_groups(recipe, source, target, steps: int) -> dict:
     model = _model(recipe)
     t = time.perf_counter()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        train_dann(model, source, target, replace(recipe, steps=steps), seed=0, progress=False)
+        train_dann(model, source, target, recipe.replace(steps=steps), seed=0, progress=False)
     wall = time.perf_counter() - t
     sums = dict.fromkeys([*GROUPS, "other ops"], 0.0)
     for ev in prof.key_averages():

@@ -29,10 +29,10 @@ def run(quick: bool = False, seed: int = 0) -> dict:
     recipe = source_recipe(cfg)
     train = load_domain("mnist5k", "train", device=cfg.device)
     torch.manual_seed(seed)
-    model = build_model(recipe["arch"], train.num_classes, widths=tuple(recipe["widths"]))
+    model = build_model(recipe.arch, train.num_classes, widths=recipe.widths)
     result = time_head_training(model, train, frozen_epochs=2 if quick else 3, cached_epochs=10 if quick else 30,
                                 device=cfg.device, seed=seed)
-    return {"widths": recipe["widths"], **result, "feature_cache_speedup": round(result["speedup"], 1)}
+    return {"widths": list(recipe.widths), **result, "feature_cache_speedup": round(result["speedup"], 1)}
 
 
 def main() -> None:

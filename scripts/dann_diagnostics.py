@@ -13,13 +13,12 @@ Each run prints one line per model and a mean per variant; nothing is cached or 
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 
 import numpy as np
 import torch
 
 import tlutils
-from tlutils.adapt import Recipe, adabn, build_network, recipe_for
+from tlutils.adapt import AdaptationRecipe, adabn, build_network, recipe_for
 from tlutils.adapt_runs import train_method
 from tlutils.dann import DANN, train_dann
 from tlutils.data import load_domain
@@ -38,11 +37,11 @@ def score(net, target_train, target_test) -> tuple[float, float]:
     return evaluate(net, target_test)["acc"], evaluate(adabn(net, target_train), target_test)["acc"]
 
 
-def ablation(recipe: Recipe, pair: str, seeds: list[int]) -> None:
+def ablation(recipe: AdaptationRecipe, pair: str, seeds: list[int]) -> None:
     source, target = (load_domain(d, "train") for d in PAIRS[pair])
     target_test = load_domain(PAIRS[pair][1], "test")
     for name, change in VARIANTS.items():
-        r = replace(recipe, **change)
+        r = recipe.replace(**change)
         results: dict[str, list[tuple[float, float]]] = {"source_only": [], "dann": []}
         for seed in seeds:
             for method in results:
@@ -59,7 +58,7 @@ def ablation(recipe: Recipe, pair: str, seeds: list[int]) -> None:
                       f"(target statistics {v[:, 1].mean():.3f})", flush=True)
 
 
-def weighting(recipe: Recipe, seeds: list[int]) -> None:
+def weighting(recipe: AdaptationRecipe, seeds: list[int]) -> None:
     source, target = (load_domain(d, "train") for d in PAIRS["mnistm"])
     target_test = load_domain(PAIRS["mnistm"][1], "test")
     for mode in ("progress", "dynamic"):

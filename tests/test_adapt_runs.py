@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tlutils.adapt import Recipe
+from tlutils.adapt import AdaptationRecipe
 from tlutils.adapt_runs import (
     METHODS,
     by_method,
@@ -32,7 +32,7 @@ def _domain(seed: int, shift: float = 0.0, n: int = 48) -> Domain:
 
 def test_run_seed_trains_each_method_and_derives_adabn():
     source, target, test = _domain(0), _domain(1, 0.5), _domain(2, 0.5)
-    recipe = Recipe(steps=6, batch_size=8, domain_hidden=(8,))
+    recipe = AdaptationRecipe(steps=6, batch_size=8, domain_hidden=(8,))
     runs = run_seed(source, target, test, recipe, seed=0, methods=METHODS)
     assert [r.method for r in runs] == list(METHODS)
     by = {r.method: r for r in runs}
@@ -52,7 +52,7 @@ def test_cache_paths_key_on_recipe_and_seed(tmp_path):
     a = cache_paths(cfg, seed=0)
     assert a["dann"].parent == tmp_path / "checkpoints" and a["dann"] != a["source_only"]
     assert cache_paths(cfg, seed=1)["dann"] != a["dann"]
-    assert cache_paths(cfg, seed=0, recipe=Recipe(steps=7))["dann"] != a["dann"]
+    assert cache_paths(cfg, seed=0, recipe=AdaptationRecipe(steps=7))["dann"] != a["dann"]
 
 
 def test_cached_runs_load_what_was_saved_and_retrain_a_bad_file(tmp_path, monkeypatch):
@@ -104,7 +104,7 @@ def test_save_run_caches_a_visible_run_so_cached_runs_does_not_train_it_again(tm
 
 def test_compare_pairs_in_two_workers_equals_one_process_and_keeps_the_order():
     data = {"p": (_domain(0), _domain(1, 0.5), _domain(2, 0.5)), "q": (_domain(3), _domain(4, 0.3), _domain(5, 0.3))}
-    recipe = Recipe(steps=4, batch_size=8, domain_hidden=(8,))
+    recipe = AdaptationRecipe(steps=4, batch_size=8, domain_hidden=(8,))
     methods = ("source_only", "adabn", "dann")
     here = compare_pairs(data, recipe, [0, 1], methods=methods, workers=1)
     spawned = compare_pairs(data, recipe, [0, 1], methods=methods, workers=2)

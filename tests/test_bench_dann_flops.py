@@ -3,18 +3,16 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.dann_flops import _domain, _model, matmul_rate, step_flops
-from tlutils.adapt import Recipe
+from tlutils.adapt import AdaptationRecipe
 
 
 def test_step_flops_equal_one_hand_written_forward_and_backward_of_the_dann_step():
-    recipe = replace(Recipe(), batch_size=8)
+    recipe = AdaptationRecipe(batch_size=8)
     source, target = _domain(0, 32), _domain(1, 32)
     counted = step_flops(recipe, source, target, k=4)
     model = _model(recipe).train()

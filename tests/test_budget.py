@@ -3,7 +3,6 @@
 import json
 import math
 import warnings
-from dataclasses import replace
 
 import pytest
 from helpers import all_equal, tiny_model, toy_data
@@ -58,11 +57,11 @@ def test_changing_one_strategys_rate_keeps_the_other_runs_cached(tmp_data):
                        progress=False)
     first = {p.name for p in (tmp_data / "budget_runs").glob("*.json")}
     label_budget_curve(tiny_model(), toy_domain(), toy_domain(), budgets=(1,), seeds=(0,),
-                       recipe=replace(base, lr_staged=base.lr_staged * 3), progress=False)
+                       recipe=base.replace(lr_staged=base.lr_staged * 3), progress=False)
     new = {p.name for p in (tmp_data / "budget_runs").glob("*.json")} - first
     assert len(new) == 1 and next(iter(new)).startswith("staged-"), new
     label_budget_curve(tiny_model(), toy_domain(), toy_domain(), strategies=("finetune", "linear_probe"),
-                       budgets=(1,), seeds=(0,), recipe=replace(base, augment="digits"), progress=False)
+                       budgets=(1,), seeds=(0,), recipe=base.replace(augment="digits"), progress=False)
     new = {p.name for p in (tmp_data / "budget_runs").glob("*.json")} - first
     assert sorted(n.split("-")[0] for n in new) == ["finetune", "staged"], "augment keys trained runs, not the probe"
 
@@ -71,7 +70,7 @@ def test_augmented_strategy_differs_and_select_lr_picks_the_best(tmp_data):
     recipe = StrategyRecipe(epochs=1, batch_size=8, min_epoch=16)
     plain = train_strategy("finetune", tiny_model(), toy_domain(), num_classes=3, recipe=recipe, seed=1)
     jittered = train_strategy("finetune", tiny_model(), toy_domain(), num_classes=3,
-                              recipe=replace(recipe, augment="digits"), seed=1)
+                              recipe=recipe.replace(augment="digits"), seed=1)
     assert not all_equal(plain.parameters(), jittered.parameters()), "augmentation changes the training batches"
     best, scores = select_lr(tiny_model(), toy_domain(), toy_domain(3), strategy="finetune", lrs=[1e-4, 1e-2],
                              k=2, recipe=recipe)

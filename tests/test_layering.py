@@ -15,7 +15,7 @@ PKG = Path(__file__).resolve().parent.parent / "tlutils"
 # lowest first; a module may import its own layer and the layers below it, never above
 LAYERS = {
     "foundation": ["tlutils.config", "tlutils.atomic", "tlutils.cache", "tlutils.schedules",
-                   "tlutils.distributed", "tlutils.timing", "tlutils.parallel"],
+                   "tlutils.distributed", "tlutils.timing", "tlutils.parallel", "tlutils.recipe"],
     "data": ["tlutils.data", "tlutils.augment"],
     "models": ["tlutils.models", "tlutils.imagenet"],
     "train": ["tlutils.train"],

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from tlutils.adapt import Recipe, fit_recipe
+from tlutils.adapt import AdaptationRecipe, fit_recipe
 from tlutils.dan import head_activations, train_dan
 from tlutils.mmd import (
     GaussianKernel,
@@ -222,7 +222,7 @@ def test_dan_trains_and_with_zero_weight_is_the_source_only_run():
     g = torch.Generator().manual_seed(12)
     source = (torch.rand(32, 3, 2, 2, generator=g), torch.randint(0, 3, (32,), generator=g))
     target = torch.rand(20, 3, 2, 2, generator=g) + 0.5
-    recipe = Recipe(steps=8, batch_size=8)
+    recipe = AdaptationRecipe(steps=8, batch_size=8)
     dan = _tiny_classifier(0)
     history = train_dan(dan, source, target, recipe, weight=1.0, seed=0, progress=False)
     assert math.isfinite(history.last("train_mmd")) and history.last("train_lambda") > 0

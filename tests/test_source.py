@@ -19,9 +19,8 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def tiny_recipe(monkeypatch):
     def recipe(cfg):
-        return {"version": 0, "domain": "glyphs", "alphabets": "background", "arch": "resnet_small",
-                "widths": [4, 4, 8, 8], "num_classes": 4, "per_class": 6, "epochs": 1, "batch_size": 8,
-                "lr": 1e-3, "seed": cfg.seed}
+        return source.SourceRecipe(widths=(4, 4, 8, 8), num_classes=4, per_class=6, epochs=1, batch_size=8, lr=1e-3,
+                                   seed=cfg.seed)
 
     monkeypatch.setattr(source, "source_recipe", recipe)
     return recipe
@@ -69,6 +68,18 @@ def test_checkpoint_key_follows_the_recipe(tmp_data):
     quick = tlutils.setup("quick", seed=0, device="cpu")
     assert source.checkpoint_path(quick) != source.checkpoint_path(tlutils.setup("quick", seed=1, device="cpu"))
     assert source.checkpoint_path(quick) != source.checkpoint_path(tlutils.setup("full", seed=0, device="cpu"))
+    recipe = source.source_recipe(quick)
+    assert source.checkpoint_path(quick, recipe.replace(epochs=1)) != source.checkpoint_path(quick, recipe)
+    assert source.checkpoint_path(quick, recipe).name.startswith("source-resnet_small-")
+
+
+def test_source_recipe_per_profile():
+    """The profile's sizes and the setup's seed (chapter 00's table of the recipe)."""
+    quick, full = tlutils.setup("quick", seed=3, device="cpu"), tlutils.setup("full", seed=0, device="cpu")
+    assert source.source_recipe(quick) == source.SourceRecipe(seed=3)  # the defaults are the quick profile's
+    assert source.source_recipe(full).replace(seed=3) == source.SourceRecipe(
+        widths=(64, 128, 256, 512), num_classes=600, per_class=200, epochs=30, batch_size=256, seed=3)
+    assert source.SourceRecipe.for_profile(quick, epochs=1).epochs == 1
 
 
 _CHILD = """

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import matplotlib
 import torch
 
-from tlutils.adapt import Recipe
+from tlutils.adapt import AdaptationRecipe
 from tlutils.data.domain import Domain
 
 matplotlib.use("Agg")
@@ -47,7 +47,7 @@ def _run_visible_cell() -> str:
     ns: dict = {}
     exec(imports, ns)  # noqa: S102 - the notebook's own import lines
     ns.update(data={"main": (_domain(0, 0.0), _domain(1, 0.3), _domain(2, 0.3))}, MAIN="main", SEED=0,
-              cfg=SimpleNamespace(device="cpu"), recipe=Recipe(steps=12, batch_size=8))
+              cfg=SimpleNamespace(device="cpu"), recipe=AdaptationRecipe(steps=12, batch_size=8))
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         exec(cell, ns)  # noqa: S102

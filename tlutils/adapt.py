@@ -10,6 +10,10 @@ adaptation term of the step differs. The pieces both adaptation steps need live 
   DDP syncs every gradient); :func:`adaptation_step` adds the source cross-entropy; :func:`fit_adaptation` trains
   it on the named streams ``{"source": ..., "target": ...}`` of ``fit``. A transfer loss maps an
   :class:`AdaptationBatch` to ``(loss, logs)``; :class:`AdaptationWeight` is the shared weight schedule;
+  :class:`TargetEntropy` is the smallest such loss (the target's conditional entropy) and :class:`TransferSum`
+  adds several of them (DANN + entropy, say) into one;
+- :class:`AdaptationRecipe` (a ``tlutils.recipe.Recipe``), :func:`recipe_for` and :func:`fit_recipe`: the network,
+  optimiser, annealed rate, batches and length every method of chapters 04-05 shares;
 - :func:`domain_features`: source and target features from *separate* forward passes, so that a network
   with BatchNorm normalises each domain by its own batch statistics;
 - :func:`adabn` (Li et al. 2016): re-estimate BatchNorm statistics on target images, the simplest adaptation;
@@ -19,14 +23,17 @@ adaptation term of the step differs. The pieces both adaptation steps need live 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
+import math
+from dataclasses import dataclass
 from functools import cached_property, partial
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tlutils.models import Classifier, build_model, ganin_cnn
+from tlutils.recipe import Recipe
 from tlutils.schedules import LRSchedule, annealing, ramp
 from tlutils.train import History, fit, infinite_batches
 
@@ -137,6 +144,78 @@ class AdaptationWeight:
         return self.maximum * dynamic_weight(batch.source_features, batch.target_features)
 
 
+class TargetEntropy(nn.Module):
+    """Conditional-entropy minimisation on the target (Grandvalet & Bengio 2005; the ``L_t`` term of Long et al.'s
+    RTN, 2016): ``lambda * mean_i H(softmax(z_t,i))`` over the target logits ``z_t = batch.target_logits``.
+
+    Low entropy pushes the decision boundaries away from dense regions of target features: each unlabelled target
+    image is pulled towards one class, whichever the classifier already leans to (so, alone, it can also lock in
+    early mistakes; paired with an alignment loss through :class:`TransferSum`). ``lambda = weight(batch)``, an
+    :class:`AdaptationWeight` (the ramp by default: off while the features are random). Logs ``entropy`` (nats;
+    ``log C`` is a uniform prediction over C classes) and ``lambda``. Has no parameters.
+    """
+
+    def __init__(self, weight: AdaptationWeight = AdaptationWeight()):
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, batch: AdaptationBatch) -> tuple[torch.Tensor, dict]:
+        entropy = mean_entropy(batch.target_logits)
+        lam = self.weight(batch)
+        return lam * entropy, {"entropy": entropy.detach(), "lambda": lam}
+
+
+def mean_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Mean Shannon entropy (nats) of ``softmax(logits)`` over the rows, in float32."""
+    log_p = F.log_softmax(logits.float(), dim=1)
+    return -(log_p.exp() * log_p).sum(1).mean()
+
+
+class TransferSum(nn.Module):
+    """Several transfer losses as one: ``sum_k weights[k] * loss_k(batch)``, e.g.
+    ``TransferSum({"dann": DomainAdversarialLoss(head), "entropy": TargetEntropy()}, weights={"entropy": 0.1})``.
+
+    Each part is a transfer-loss module (``forward(AdaptationBatch) -> (loss, logs)``, its own schedule applied);
+    ``weights`` (default 1 for each) scale the parts once more, constant over training. The parts are submodules
+    (a domain head's parameters train, DDP sees them). Logs each part's logs under ``<name>.`` and its weighted
+    loss as ``<name>.loss``: ``dann.domain_acc``, ``entropy.entropy``, ``entropy.loss``...
+    """
+
+    def __init__(self, parts: dict[str, nn.Module], weights: dict[str, float] | None = None):
+        super().__init__()
+        if not isinstance(parts, dict) or not parts:
+            raise ValueError("TransferSum needs a non-empty dict {name: transfer-loss module}, e.g. "
+                             "{'dann': DomainAdversarialLoss(head), 'entropy': TargetEntropy()}")
+        for name, part in parts.items():
+            if not isinstance(name, str) or not name.isidentifier():
+                raise ValueError(f"TransferSum part names must be identifiers (they prefix the logs), got {name!r}")
+            if not isinstance(part, nn.Module):
+                raise TypeError(f"TransferSum part {name!r} must be an nn.Module mapping an AdaptationBatch to "
+                                f"(loss, logs), got {type(part).__name__}")
+        weights = dict(weights or {})
+        unknown = sorted(set(weights) - set(parts))
+        if unknown:
+            raise ValueError(f"weights name {unknown}, which are not parts; the parts are {list(parts)}")
+        for name, w in weights.items():
+            if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
+                raise ValueError(f"weight of {name!r} must be a finite number >= 0, got {w!r}")
+        self.parts = nn.ModuleDict(parts)
+        self.weights = {name: float(weights.get(name, 1.0)) for name in parts}
+
+    def forward(self, batch: AdaptationBatch) -> tuple[torch.Tensor, dict]:
+        total, logs = 0.0, {}
+        for name, part in self.parts.items():
+            loss, part_logs = part(batch)
+            weighted = self.weights[name] * loss
+            total = total + weighted
+            logs[f"{name}.loss"] = weighted.detach()
+            logs.update({f"{name}.{key}": value for key, value in part_logs.items()})
+        return total, logs
+
+    def extra_repr(self) -> str:
+        return f"weights={self.weights}"
+
+
 class DomainAdaptation(nn.Module):
     """A ``Classifier`` and a transfer loss module, trained as one module so that DDP sees every parameter.
 
@@ -145,8 +224,8 @@ class DomainAdaptation(nn.Module):
     BatchNorm statistics, see :func:`domain_features`), builds an :class:`AdaptationBatch` and returns
     ``(source logits, transfer loss, logs)``; the ``transfer`` module maps an ``AdaptationBatch`` to
     ``(loss, logs)`` with its weight already applied (``tlutils.dann.DomainAdversarialLoss``,
-    ``tlutils.dan.MMDTransfer``, or a new one such as an entropy term). :func:`adaptation_step` adds the
-    source cross-entropy.
+    ``tlutils.dan.MMDTransfer``, :class:`TargetEntropy`, several of them in a :class:`TransferSum`, or a new one).
+    :func:`adaptation_step` adds the source cross-entropy.
     """
 
     def __init__(self, classifier: nn.Module, transfer: nn.Module, per_domain: bool = True):
@@ -221,7 +300,7 @@ def adabn(model: nn.Module, target, batch_size: int = 1000, device=None) -> nn.M
 
 
 @dataclass(frozen=True)
-class Recipe:
+class AdaptationRecipe(Recipe):
     """Everything that defines one adaptation run besides data and seed (and keys the checkpoint cache).
 
     ``batch_size`` is per domain: an adaptation step sees ``batch_size`` source and ``batch_size`` target images.
@@ -229,7 +308,12 @@ class Recipe:
     BatchNorm 0.02 trained faster in our calibration, for every method alike); adaptation weight
     ``lambda_max * ramp(p, gamma, delay)``. ``batch_norm``: BatchNorm after each convolution of ``ganin_cnn``;
     ``per_domain``: source and target batches are forwarded separately (see :func:`domain_features`).
+    Per profile (:meth:`tlutils.recipe.Recipe.for_profile`, :func:`recipe_for`): quick 1,000 steps of 32 + 32;
+    full 10,000 of 64 + 64; a handful at smoke scale.
     """
+
+    PROFILES: ClassVar[dict] = {"steps": {"quick": 1000, "full": 10000, "smoke": 4},
+                                "batch_size": {"quick": 32, "full": 64}}
 
     steps: int = 1000
     batch_size: int = 32
@@ -252,21 +336,19 @@ class Recipe:
         return max(1, round(self.steps / per_epoch))
 
 
-def recipe_for(cfg, **overrides) -> Recipe:
-    """Chapters 04-05's recipe for ``cfg``'s profile (quick: 1,000 steps of 32 + 32; full: 10,000 of 64 + 64;
-    a handful at smoke scale)."""
-    base = Recipe(steps=cfg.pick(quick=1000, full=10000, smoke=4), batch_size=cfg.pick(quick=32, full=64))
-    return replace(base, **overrides)
+def recipe_for(cfg, **overrides) -> AdaptationRecipe:
+    """Chapters 04-05's recipe for ``cfg``'s profile: ``AdaptationRecipe.for_profile(cfg, **overrides)``."""
+    return AdaptationRecipe.for_profile(cfg, **overrides)
 
 
-def build_network(recipe: Recipe, num_classes: int) -> Classifier:
+def build_network(recipe: AdaptationRecipe, num_classes: int) -> Classifier:
     """The classifier a recipe names (``ganin_cnn``, or an arch from ``tlutils.models`` with a 100-unit head)."""
     if recipe.arch == "ganin_cnn":
         return ganin_cnn(num_classes, batch_norm=recipe.batch_norm)
     return build_model(recipe.arch, num_classes, head_hidden=100)
 
 
-def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, recipe: AdaptationRecipe) -> torch.optim.Optimizer:
     """The recipe's optimiser over all of ``model``'s parameters (SGD with momentum, as in the paper)."""
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
@@ -288,7 +370,7 @@ def _size(data) -> int:
 def fit_recipe(
     model: nn.Module,
     train,
-    recipe: Recipe = Recipe(),
+    recipe: AdaptationRecipe = AdaptationRecipe(),
     *,
     step_fn=None,
     seed: int = 0,
@@ -327,7 +409,7 @@ def fit_adaptation(
     model: DomainAdaptation,
     source,
     target,
-    recipe: Recipe = Recipe(),
+    recipe: AdaptationRecipe = AdaptationRecipe(),
     *,
     seed: int = 0,
     device=None,
@@ -345,9 +427,11 @@ def fit_adaptation(
 
 __all__ = [
     "AdaptationBatch",
+    "AdaptationRecipe",
     "AdaptationWeight",
     "DomainAdaptation",
-    "Recipe",
+    "TargetEntropy",
+    "TransferSum",
     "WEIGHTINGS",
     "adaptation_step",
     "fit_adaptation",
@@ -359,6 +443,7 @@ __all__ = [
     "fit_recipe",
     "infinite_batches",
     "make_optimizer",
+    "mean_entropy",
     "recipe_for",
     "target_images",
 ]

@@ -22,14 +22,14 @@ concurrent processes).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from tlutils.adapt import Recipe, adabn, build_network, fit_recipe, recipe_for
-from tlutils.cache import cache_key, code_fingerprint, load_or_build
+from tlutils.adapt import AdaptationRecipe, adabn, build_network, fit_recipe, recipe_for
+from tlutils.cache import code_fingerprint, load_or_build
 from tlutils.dan import train_dan
 from tlutils.dann import DANN, train_dann
 from tlutils.data import list_domains, load_domain, online_options
@@ -65,7 +65,8 @@ class RunResult:
 
 
 def train_method(
-    method: str, source, target_train, recipe: Recipe, *, seed: int = 0, device=None, progress: bool | None = None
+    method: str, source, target_train, recipe: AdaptationRecipe, *, seed: int = 0, device=None,
+    progress: bool | None = None,
 ) -> tuple[Classifier, History]:
     """Train one method's network from scratch (``torch.manual_seed(seed)`` before building it)."""
     torch.manual_seed(seed)
@@ -98,7 +99,7 @@ def _scored(method: str, seed: int, net: Classifier, history: History | None, se
                      on_target, on_source, running)
 
 
-def run_method(method: str, source, target_train, target_test, recipe: Recipe, seed: int, *, derived=(),
+def run_method(method: str, source, target_train, target_test, recipe: AdaptationRecipe, seed: int, *, derived=(),
                device=None, progress: bool | None = None) -> list[RunResult]:
     """Train one method's network (:func:`train_method`) and score it, then score the ``derived`` methods that
     re-use it (``adabn`` of ``source_only``): one job of :func:`compare_pairs`, ``[run, *derived runs]``."""
@@ -122,7 +123,7 @@ def run_seed(
     source,
     target_train,
     target_test,
-    recipe: Recipe,
+    recipe: AdaptationRecipe,
     seed: int,
     *,
     methods=("source_only", "adabn", "dann", "oracle"),
@@ -150,7 +151,7 @@ COST = {"dann": 2.0, "dan": 2.0, "source_only": 1.0, "oracle": 1.0}
 
 
 def compare_pairs(
-    data: dict[str, tuple], recipe: Recipe, seeds, *, methods=("source_only", "adabn", "dann", "oracle"),
+    data: dict[str, tuple], recipe: AdaptationRecipe, seeds, *, methods=("source_only", "adabn", "dann", "oracle"),
     device=None, workers: int | None = None,
 ) -> dict[str, list[RunResult]]:
     """``{pair name: runs}`` for ``data = {name: (source, target train, target test)}``: every trained method and
@@ -171,8 +172,8 @@ def compare_pairs(
 
 
 def compare_methods(
-    source, target_train, target_test, recipe: Recipe, seeds, *, methods=("source_only", "adabn", "dann", "oracle"),
-    device=None, workers: int | None = None,
+    source, target_train, target_test, recipe: AdaptationRecipe, seeds, *,
+    methods=("source_only", "adabn", "dann", "oracle"), device=None, workers: int | None = None,
 ) -> list[RunResult]:
     """Every method and seed on one pair (:func:`compare_pairs`): the runs behind a results table."""
     return compare_pairs({"pair": (source, target_train, target_test)}, recipe, seeds, methods=methods,
@@ -233,14 +234,13 @@ CACHED = ("source_only", "dann", "dan")
 """Trained methods of ``PAIR`` that chapter 05 re-uses (chapter 04 trains the first two, chapter 05 the third)."""
 
 
-def run_key(recipe: Recipe, source: str, target: str, seed: int) -> str:
+def run_key(recipe: AdaptationRecipe, source: str, target: str, seed: int) -> str:
     """:func:`tlutils.cache.cache_key` of everything that determines a trained network (recipe, domains, seed, and
     :func:`tlutils.cache.code_fingerprint` of this module: the methods, ``train``, ``models`` and the data code)."""
-    return cache_key({"recipe": asdict(recipe), "source": source, "target": target, "seed": seed,
-                      "code": code_fingerprint(__name__)}, length=12)
+    return recipe.cache_key(source=source, target=target, seed=seed, code=code_fingerprint(__name__), length=12)
 
 
-def cache_paths(cfg, seed: int = 0, recipe: Recipe | None = None) -> dict[str, Path]:
+def cache_paths(cfg, seed: int = 0, recipe: AdaptationRecipe | None = None) -> dict[str, Path]:
     """Checkpoint paths of the cached methods (``CACHED``) of ``PAIR`` for one seed."""
     recipe = recipe or recipe_for(cfg)
     key = run_key(recipe, *PAIR, seed)
@@ -248,14 +248,14 @@ def cache_paths(cfg, seed: int = 0, recipe: Recipe | None = None) -> dict[str, P
     return {m: folder / f"adapt_{PAIR[0]}_to_{PAIR[1]}_{m}_seed{seed}_{key}.pt" for m in CACHED}
 
 
-def _run_metadata(run: RunResult, recipe: Recipe) -> dict:
+def _run_metadata(run: RunResult, recipe: AdaptationRecipe) -> dict:
     """What a cached network's checkpoint records beside its weights (``key``: checked when it is loaded)."""
     epochs = run.history.epochs if getattr(run, "history", None) is not None else []
-    return dict(method=run.method, source=PAIR[0], target=PAIR[1], seed=run.seed, recipe=asdict(recipe),
+    return dict(method=run.method, source=PAIR[0], target=PAIR[1], seed=run.seed, recipe=recipe.as_dict(),
                 key=run_key(recipe, *PAIR, run.seed), target_acc=run.target_acc, history=epochs)
 
 
-def save_runs(cfg, runs: list[RunResult], recipe: Recipe | None = None) -> list[Path]:
+def save_runs(cfg, runs: list[RunResult], recipe: AdaptationRecipe | None = None) -> list[Path]:
     """Write the networks (and per-epoch logs) of the cached methods among ``runs`` (of ``PAIR``), atomically."""
     recipe = recipe or recipe_for(cfg)
     return [save_checkpoint(r.model, cache_paths(cfg, r.seed, recipe)[r.method], **_run_metadata(r, recipe))
@@ -263,7 +263,7 @@ def save_runs(cfg, runs: list[RunResult], recipe: Recipe | None = None) -> list[
 
 
 def save_run(cfg, method: str, seed: int, model: Classifier, history: History | None, target_acc: float,
-             recipe: Recipe | None = None) -> Path:
+             recipe: AdaptationRecipe | None = None) -> Path:
     """Cache one network of ``PAIR`` trained outside :func:`cached_runs` (a chapter's visible run), so that
     ``cached_runs(cfg, seed, (method,))`` loads it instead of training it again.
 
@@ -278,7 +278,7 @@ def save_run(cfg, method: str, seed: int, model: Classifier, history: History | 
     return save_checkpoint(model, cache_paths(cfg, seed, recipe)[method], **_run_metadata(run, recipe))
 
 
-def _load_run(path: Path, recipe: Recipe, method: str, seed: int) -> tuple[Classifier, History]:
+def _load_run(path: Path, recipe: AdaptationRecipe, method: str, seed: int) -> tuple[Classifier, History]:
     """The network and per-epoch history at ``path``, verified to be ``method``'s under ``recipe`` and ``seed``
     (raises otherwise)."""
     blob = torch.load(path, map_location="cpu", weights_only=True)

@@ -14,7 +14,6 @@ import json
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -22,7 +21,7 @@ import torch
 from torch import nn
 
 from tlutils.augment import get as get_augment
-from tlutils.cache import cache_key, code_fingerprint, load_or_build
+from tlutils.cache import code_fingerprint, load_or_build
 from tlutils.config import data_dir, get_device
 from tlutils.features import cached_features, data_fingerprint, train_linear_head, weights_fingerprint
 from tlutils.finetune import (
@@ -93,21 +92,18 @@ def train_strategy(strategy: str, source_model: nn.Module, train, *, num_classes
 # ----------------------------------------------------------------------------- the run cache
 
 
-def run_inputs(recipe: StrategyRecipe, source_model: nn.Module, train, test, head_hidden: int | None,
-               device: torch.device) -> dict:
-    """Everything besides (strategy, k, seed) that determines a label-budget run's accuracy."""
-    return {"code": code_fingerprint(__name__), "recipe": recipe.as_dict(), "head_hidden": head_hidden,
+def run_inputs(source_model: nn.Module, train, test, head_hidden: int | None, device: torch.device) -> dict:
+    """Everything besides the recipe and (strategy, k, seed) that determines a label-budget run's accuracy."""
+    return {"code": code_fingerprint(__name__), "head_hidden": head_hidden,
             "source": weights_fingerprint(source_model.backbone), "train": data_fingerprint(train),
             "test": data_fingerprint(test), "torch": torch.__version__, "device": device.type,
             "threads": torch.get_num_threads() if device.type == "cpu" else None}
 
 
-def run_key(inputs: dict, strategy: str, k: int, seed: int) -> str:
-    """Cache key of one run: ``inputs`` (recipe cut to the fields ``strategy`` reads) plus strategy, k and seed."""
-    recipe = inputs["recipe"]
-    fields = {**inputs, "recipe": {f: recipe[f] for f in RECIPE_FIELDS[strategy] if f in recipe},
-              "strategy": strategy, "k": int(k), "seed": int(seed)}
-    return cache_key(fields)
+def run_key(recipe: StrategyRecipe, inputs: dict, strategy: str, k: int, seed: int) -> str:
+    """Cache key of one run: the recipe's fields that ``strategy`` reads (``RECIPE_FIELDS``), ``inputs`` (see
+    :func:`run_inputs`), strategy, k and seed."""
+    return recipe.cache_key(only=RECIPE_FIELDS[strategy], **inputs, strategy=strategy, k=int(k), seed=int(seed))
 
 
 def run_path(cache_dir: Path, key: str, strategy: str, k: int, seed: int) -> Path:
@@ -146,7 +142,7 @@ def label_budget_curve(source_model: nn.Module, train, test, *, strategies: Sequ
     every strategy sees the same examples. Returns ``{strategy: {k: [acc per seed]}}`` (fractions).
 
     With ``cache`` each run's accuracy is kept in ``<data dir>/budget_runs``, keyed by everything that
-    determines it (``run_inputs``: strategy, k, seed, the recipe fields the strategy reads, source weights,
+    determines it (``run_key``: strategy, k, seed, the recipe fields the strategy reads, source weights,
     data, the code of this module and of everything it imports (:func:`tlutils.cache.code_fingerprint`: the
     strategies, ``fit``, the schedules, features, augmentation, the models), torch version, device type, CPU
     threads), so chapters that share runs (01-03)
@@ -158,7 +154,7 @@ def label_budget_curve(source_model: nn.Module, train, test, *, strategies: Sequ
         raise ValueError(f"unknown strategies {unknown}; choose from {STRATEGIES}")
     device = get_device(device) if not isinstance(device, torch.device) else device
     cache_dir = data_dir() / "budget_runs"
-    inputs = run_inputs(recipe, source_model, train, test, head_hidden, device) if cache else {}
+    inputs = run_inputs(source_model, train, test, head_hidden, device) if cache else {}
     features: dict[str, object] = {}  # the source model's features of train and test, extracted once if needed
 
     def run(strategy: str, k: int, seed: int, index: torch.Tensor) -> float:
@@ -176,7 +172,8 @@ def label_budget_curve(source_model: nn.Module, train, test, *, strategies: Sequ
         return accuracy(model, test, device=device)
 
     def cached_run(strategy: str, k: int, seed: int, index: torch.Tensor) -> float:
-        expected = {"key": run_key(inputs, strategy, k, seed), "strategy": strategy, "k": int(k), "seed": int(seed)}
+        key = run_key(recipe, inputs, strategy, k, seed)
+        expected = {"key": key, "strategy": strategy, "k": int(k), "seed": int(seed)}
         record = load_or_build(run_path(cache_dir, expected["key"], strategy, k, seed),
                                lambda: {**expected, "acc": run(strategy, k, seed, index)},
                                load=lambda path: _load_run(path, expected), save=_save_run, what="label-budget run")
@@ -209,7 +206,7 @@ def select_lr(source_model: nn.Module, train, val, *, strategy: str, lrs: Sequen
     scores = {}
     for lr in lrs:
         run = label_budget_curve(source_model, train, val, strategies=(strategy,), budgets=[k], seeds=[seed],
-                                 recipe=replace(recipe, **{field: lr}), device=device, progress=False)
+                                 recipe=recipe.replace(**{field: lr}), device=device, progress=False)
         scores[lr] = run[strategy][int(k)][0]
     best = max(scores, key=lambda lr: (scores[lr], -list(lrs).index(lr)))
     return best, scores

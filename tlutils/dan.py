@@ -11,9 +11,9 @@ from torch import Tensor, nn
 
 from tlutils.adapt import (
     AdaptationBatch,
+    AdaptationRecipe,
     AdaptationWeight,
     DomainAdaptation,
-    Recipe,
     fit_adaptation,
     head_activations,
 )
@@ -56,7 +56,7 @@ def train_dan(
     model: nn.Module,
     source,
     target,
-    recipe: Recipe = Recipe(),
+    recipe: AdaptationRecipe = AdaptationRecipe(),
     *,
     weight: float = 1.0,
     layers: str = "all",

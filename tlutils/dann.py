@@ -21,7 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tlutils.adapt import WEIGHTINGS, AdaptationBatch, AdaptationWeight, DomainAdaptation, Recipe, fit_adaptation
+from tlutils.adapt import (
+    WEIGHTINGS,
+    AdaptationBatch,
+    AdaptationRecipe,
+    AdaptationWeight,
+    DomainAdaptation,
+    fit_adaptation,
+)
 from tlutils.models import Classifier, mlp
 from tlutils.train import History
 
@@ -159,7 +166,7 @@ def train_dann(
     model: DANN,
     source,
     target,
-    recipe: Recipe = Recipe(),
+    recipe: AdaptationRecipe = AdaptationRecipe(),
     *,
     weighting: str = "progress",
     seed: int = 0,

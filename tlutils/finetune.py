@@ -24,12 +24,13 @@ import copy
 import math
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from tlutils.models import Classifier, make_head
+from tlutils.recipe import Recipe
 from tlutils.schedules import LRSchedule, one_cycle
 from tlutils.train import History, as_tensors, fit
 
@@ -295,8 +296,8 @@ def fine_tune(model: nn.Module, train, *, epochs: int, lr: float = 1e-3, freeze_
 
 
 @dataclass(frozen=True)
-class StrategyRecipe:
-    """Sizes and rates of the strategies of chapters 01-03 (``tlutils.budget``).
+class StrategyRecipe(Recipe):
+    """Sizes and rates of the strategies of chapters 01-03 (``tlutils.budget``): a ``tlutils.recipe.Recipe``.
 
     Every trained strategy runs ``epochs`` epochs with a one-cycle schedule at its own peak rate.
     ``min_epoch`` tiles tiny labelled sets so an epoch has at least that many examples (1 label per
@@ -319,9 +320,6 @@ class StrategyRecipe:
     lr_head: float = 1e-2
     weight_decay: float = 1e-4
     augment: str | None = None
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def tile(data, min_size: int):

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -19,14 +19,16 @@ from torch import nn
 from tlutils.features import linear_cka
 from tlutils.finetune import fit_one_cycle, freeze, tile, unfreeze, with_new_head
 from tlutils.peft import add_adapters, apply_lora, bitfit, trainable_parameters
+from tlutils.recipe import Recipe
 from tlutils.train import predict_features
 
 PEFT_METHODS = ("head", "bitfit", "lora", "adapter", "full")
 
 
 @dataclass(frozen=True)
-class PeftRecipe:
-    """Sizes and rates of chapter 08's runs: every method trains ``epochs`` epochs of ``min_epoch`` examples.
+class PeftRecipe(Recipe):
+    """Sizes and rates of chapter 08's runs (a ``tlutils.recipe.Recipe``): every method trains ``epochs`` epochs of
+    ``min_epoch`` examples.
 
     ``lr`` holds each method's peak rate (a frozen backbone tolerates larger rates than full fine-tuning);
     ``lr_ft_after_lp`` is LP-FT's second stage, ``rank`` LoRA's r, ``reduction`` the adapters' bottleneck.
@@ -44,9 +46,6 @@ class PeftRecipe:
     rank: int = 4
     reduction: int = 8
     weight_decay: float = 1e-4
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def prepare(method: str, model: nn.Module, recipe: PeftRecipe = PeftRecipe(), rank: int | None = None) -> nn.Module:

@@ -10,11 +10,13 @@ paths build the same model.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
-from tlutils.cache import cache_key, code_fingerprint, load_or_build
+from tlutils.cache import code_fingerprint, load_or_build
 from tlutils.config import Setup
 from tlutils.data import load_domain
 from tlutils.models import (
@@ -25,24 +27,50 @@ from tlutils.models import (
     save_checkpoint,
     write_checkpoint,
 )
+from tlutils.recipe import Recipe
 from tlutils.schedules import LRSchedule, one_cycle
 from tlutils.train import History, evaluate, fit
 
 
-def source_recipe(cfg: Setup) -> dict:
-    """Sizes and hyper-parameters of source pretraining for the active profile (tiny at smoke scale)."""
-    return {
-        "domain": "glyphs",
-        "alphabets": "background",
-        "arch": "resnet_small",
-        "widths": cfg.pick(quick=[24, 48, 96, 192], full=[64, 128, 256, 512], smoke=[8, 16, 32, 64]),
-        "num_classes": cfg.pick(quick=300, full=600, smoke=20),
-        "per_class": cfg.pick(quick=60, full=200, smoke=10),
-        "epochs": cfg.pick(quick=6, full=30, smoke=2),
-        "batch_size": cfg.pick(quick=128, full=256),
-        "lr": 3e-3,
-        "seed": cfg.seed,
+@dataclass(frozen=True)
+class SourceRecipe(Recipe):
+    """Sizes and hyper-parameters of source pretraining (a ``tlutils.recipe.Recipe``; keys the checkpoint).
+
+    A ``resnet_small`` of ``widths`` trained on ``per_class`` renders of each of ``num_classes`` glyph classes
+    (``alphabets`` of the ``domain``) for ``epochs`` epochs of ``batch_size``, AdamW at peak rate ``lr`` on
+    :func:`pretrain_schedule`; ``seed`` draws the data and initialises the network. The defaults are the quick
+    profile's; :meth:`for_profile` (or :func:`source_recipe`) gives the profile's sizes and ``cfg.seed``.
+    """
+
+    PROFILES: ClassVar[dict] = {
+        "widths": {"quick": (24, 48, 96, 192), "full": (64, 128, 256, 512), "smoke": (8, 16, 32, 64)},
+        "num_classes": {"quick": 300, "full": 600, "smoke": 20},
+        "per_class": {"quick": 60, "full": 200, "smoke": 10},
+        "epochs": {"quick": 6, "full": 30, "smoke": 2},
+        "batch_size": {"quick": 128, "full": 256},
     }
+
+    domain: str = "glyphs"
+    alphabets: str = "background"
+    arch: str = "resnet_small"
+    widths: tuple[int, ...] = (24, 48, 96, 192)
+    num_classes: int = 300
+    per_class: int = 60
+    epochs: int = 6
+    batch_size: int = 128
+    lr: float = 3e-3
+    seed: int = 0
+
+    @classmethod
+    def for_profile(cls, cfg: Setup, **overrides) -> SourceRecipe:
+        """The recipe of ``cfg``'s profile with ``cfg.seed`` (``overrides`` applied last)."""
+        return super().for_profile(cfg, **{"seed": cfg.seed, **overrides})
+
+
+def source_recipe(cfg: Setup) -> SourceRecipe:
+    """Source pretraining's recipe for the active profile and seed (tiny at smoke scale):
+    ``SourceRecipe.for_profile(cfg)``."""
+    return SourceRecipe.for_profile(cfg)
 
 
 def source_code() -> str:
@@ -51,21 +79,18 @@ def source_code() -> str:
     return code_fingerprint(__name__)
 
 
-def checkpoint_path(cfg: Setup, recipe: dict | None = None) -> Path:
-    """``<data dir>/checkpoints/source-<arch>-<cache_key of the recipe and the code>.pt``."""
+def checkpoint_path(cfg: Setup, recipe: SourceRecipe | None = None) -> Path:
+    """``<data dir>/checkpoints/source-<arch>-<key of the recipe and the code>.pt``."""
     recipe = recipe or source_recipe(cfg)
-    key = cache_key({**recipe, "code": source_code()}, length=12)
-    return cfg.data_dir / "checkpoints" / f"source-{recipe['arch']}-{key}.pt"
+    return cfg.data_dir / "checkpoints" / f"source-{recipe.arch}-{recipe.cache_key(code=source_code(), length=12)}.pt"
 
 
-def load_source_data(cfg: Setup, recipe: dict | None = None):
+def load_source_data(cfg: Setup, recipe: SourceRecipe | None = None):
     """The glyph source domain of the recipe: ``(train, test)`` Domains (different renders, same classes)."""
     recipe = recipe or source_recipe(cfg)
-    opts = dict(alphabets=recipe["alphabets"], num_classes=recipe["num_classes"], per_class=recipe["per_class"])
-    train = load_domain(recipe["domain"], "train", seed=recipe["seed"], **opts)
-    test = load_domain(
-        recipe["domain"], "test", seed=recipe["seed"], **{**opts, "per_class": max(10, recipe["per_class"] // 5)}
-    )
+    opts = dict(alphabets=recipe.alphabets, num_classes=recipe.num_classes, per_class=recipe.per_class)
+    train = load_domain(recipe.domain, "train", seed=recipe.seed, **opts)
+    test = load_domain(recipe.domain, "test", seed=recipe.seed, **{**opts, "per_class": max(10, recipe.per_class // 5)})
     return train, test
 
 
@@ -75,7 +100,7 @@ def pretrain_schedule(p: float) -> float:
 
 
 def pretrain_source(
-    cfg: Setup, recipe: dict | None = None, data=None, progress: bool | None = None, *, save: bool = True
+    cfg: Setup, recipe: SourceRecipe | None = None, data=None, progress: bool | None = None, *, save: bool = True
 ) -> tuple[Classifier, History, dict]:
     """Train the source model from scratch; save it at ``checkpoint_path`` (unless ``save=False``), replacing any
     file there; return ``(model on the CPU, history, metadata)``.
@@ -86,26 +111,26 @@ def pretrain_source(
     """
     recipe = recipe or source_recipe(cfg)
     train, test = data or load_source_data(cfg, recipe)
-    torch.manual_seed(recipe["seed"])
-    model = build_model(recipe["arch"], train.num_classes, widths=tuple(recipe["widths"]))
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=5e-4)
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe.arch, train.num_classes, widths=tuple(recipe.widths))
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=5e-4)
     history = fit(
         model,
         train,
         val=test,
-        epochs=recipe["epochs"],
+        epochs=recipe.epochs,
         optimizer=opt,
         callbacks=[LRSchedule(pretrain_schedule)],
-        batch_size=recipe["batch_size"],
+        batch_size=recipe.batch_size,
         device=cfg.device,
         progress=progress,
         desc="pretrain",
-        seed=recipe["seed"],
+        seed=recipe.seed,
     )
     metrics = evaluate(model, test, device=cfg.device)
     meta = {
-        "recipe": recipe,
-        "domain": recipe["domain"],
+        "recipe": recipe.as_dict(),
+        "domain": recipe.domain,
         "classes": list(train.classes),
         "profile": cfg.profile,
         "seed": cfg.seed,
@@ -118,10 +143,10 @@ def pretrain_source(
     return model.cpu(), history, meta
 
 
-def _load_source_checkpoint(path: Path, recipe: dict) -> tuple[Classifier, dict]:
+def _load_source_checkpoint(path: Path, recipe: SourceRecipe) -> tuple[Classifier, dict]:
     """``load_checkpoint(path)``, verified to hold the model of ``recipe`` (raises ValueError otherwise)."""
     model, meta = load_checkpoint(path)
-    stored, expected = meta.get("recipe") or {}, json.loads(json.dumps(recipe))  # as stored: plain JSON types
+    stored, expected = meta.get("recipe") or {}, json.loads(json.dumps(recipe.as_dict()))  # as stored: JSON types
     differ = sorted(k for k in {*stored, *expected} if stored.get(k) != expected.get(k))
     if differ:
         raise ValueError(f"it was trained with another recipe (differs in {', '.join(differ)})")
