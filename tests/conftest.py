@@ -16,6 +16,9 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(autouse=True)
 def _quiet_progress(monkeypatch):
     monkeypatch.setenv("TLUTILS_PROGRESS", "0")
+    # unit tests train tiny models: worker processes would cost more than they save (tests that check the
+    # workers pass workers=2 explicitly); the session's notebook run is set up before this and keeps them
+    monkeypatch.setenv("TLUTILS_WORKERS", "1")
 
 
 @pytest.fixture

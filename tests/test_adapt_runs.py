@@ -118,3 +118,32 @@ def test_compare_pairs_in_two_workers_equals_one_process_and_keeps_the_order():
         assert by["adabn", 0].model is by["source_only", 0].model  # derived in the job of its base network
     assert [r.target_acc for r in compare_methods(*data["p"], recipe, [0, 1], methods=methods, workers=1)] == [
         r.target_acc for r in here["p"]]
+
+
+def test_cached_seeds_trains_only_the_missing_networks_together_then_loads_them(tmp_path, monkeypatch):
+    from tlutils.adapt_runs import cached_seeds
+
+    cfg = SimpleNamespace(data_dir=tmp_path, pick=lambda quick, full, **_: quick, device="cpu")
+    history = History(epochs=[{"epoch": 1, "train_loss": 0.5}])
+    stored = SimpleNamespace(method="source_only", seed=0, model=ganin_cnn(10, batch_norm=True).eval(),
+                             target_acc=0.5, history=history)
+    save_runs(cfg, [stored])
+    trained = []
+
+    def fake_map_jobs(fn, jobs, **kwargs):
+        trained.extend((job["method"], job["seed"]) for job in jobs)
+        return [[SimpleNamespace(method=job["method"], seed=job["seed"], model=ganin_cnn(10, batch_norm=True).eval(),
+                                 target_acc=0.5, history=history)] for job in jobs]
+
+    monkeypatch.setattr("tlutils.adapt_runs.map_jobs", fake_map_jobs)
+    monkeypatch.setattr("tlutils.adapt_runs.load_pair", lambda *a, **k: (None, None, None))
+    nets = cached_seeds(cfg, [0, 1], methods=("source_only", "dann"))
+    assert sorted(trained) == [("dann", 0), ("dann", 1), ("source_only", 1)], "only the missing three, in one call"
+    assert set(nets) == {0, 1} and all(set(v) == {"source_only", "dann"} for v in nets.values())
+    assert all(torch.equal(a, b) for a, b in zip(nets[0]["source_only"][0].state_dict().values(),
+                                                  stored.model.state_dict().values(), strict=True))
+    trained.clear()
+    cached_seeds(cfg, [0, 1], methods=("source_only", "dann"))
+    assert trained == [], "all cached now"
+    with pytest.raises(ValueError, match="not cached"):
+        cached_seeds(cfg, [0], methods=("oracle",))

@@ -121,3 +121,16 @@ def test_budget_rows_mean_and_std_over_seeds():
     assert [(r["strategy"], r["k"], r["n"]) for r in rows] == [("scratch", 1, 2), ("scratch", 5, 1), ("finetune", 1, 3)]
     assert rows[0]["mean"] == pytest.approx(0.3) and rows[0]["std"] == pytest.approx(0.1414213562)
     assert rows[1]["std"] == 0.0 and rows[2]["mean"] == pytest.approx(0.7)
+
+
+def test_runs_trained_in_two_workers_equal_one_process_and_are_cached(tmp_data, monkeypatch):
+    from tlutils.budget import run_grid
+
+    args = (tiny_model(), toy_domain(), toy_domain(4))
+    cells = [(s, k, seed, SMALL) for s in ("finetune", "linear_probe", "staged") for k in (1, 2) for seed in (0, 1)]
+    here = run_grid(*args, cells, cache=False, progress=False, workers=1)
+    there = run_grid(*args, cells, progress=False, workers=2)
+    assert here == there and len(here) == len(cells)
+    assert len(list((tmp_data / "budget_runs").glob("*.json"))) == len(cells)
+    monkeypatch.setattr("tlutils.budget.budget_run", lambda *a, **k: pytest.fail("cached: nothing to train"))
+    assert run_grid(*args, cells, progress=False) == here

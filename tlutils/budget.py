@@ -34,7 +34,8 @@ from tlutils.finetune import (
     unfreeze,
     with_new_head,
 )
-from tlutils.train import accuracy, make_progress, progress_enabled
+from tlutils.parallel import map_jobs
+from tlutils.train import accuracy, progress_enabled
 
 STRATEGIES = ("scratch", "linear_probe", "finetune", "staged")
 
@@ -97,7 +98,7 @@ def run_inputs(source_model: nn.Module, train, test, head_hidden: int | None, de
     return {"code": code_fingerprint(__name__), "head_hidden": head_hidden,
             "source": weights_fingerprint(source_model.backbone), "train": data_fingerprint(train),
             "test": data_fingerprint(test), "torch": torch.__version__, "device": device.type,
-            "threads": torch.get_num_threads() if device.type == "cpu" else None}
+            "threads": 1 if device.type == "cpu" else None}  # every run trains on one thread (map_jobs)
 
 
 def run_key(recipe: StrategyRecipe, inputs: dict, strategy: str, k: int, seed: int) -> str:
@@ -144,54 +145,84 @@ def label_budget_curve(source_model: nn.Module, train, test, *, strategies: Sequ
     With ``cache`` each run's accuracy is kept in ``<data dir>/budget_runs``, keyed by everything that
     determines it (``run_key``: strategy, k, seed, the recipe fields the strategy reads, source weights,
     data, the code of this module and of everything it imports (:func:`tlutils.cache.code_fingerprint`: the
-    strategies, ``fit``, the schedules, features, augmentation, the models), torch version, device type, CPU
-    threads), so chapters that share runs (01-03)
-    compute each one once; on the same machine a cached run is the number a fresh run gives. A file that is
+    strategies, ``fit``, the schedules, features, augmentation, the models), torch version and device type;
+    every run trains on one CPU thread, side by side in worker processes (:func:`run_grid`)), so chapters that
+    share runs (01-03) compute each one once; on the same machine a cached run is the number a fresh run gives. A file that is
     not the run its name promises is reported, deleted and recomputed (``tlutils.cache.load_or_build``).
     """
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
         raise ValueError(f"unknown strategies {unknown}; choose from {STRATEGIES}")
+    cells = [(strategy, int(k), seed, recipe) for k in budgets for seed in seeds for strategy in strategies]
+    accs = iter(run_grid(source_model, train, test, cells, device=device, head_hidden=head_hidden, cache=cache,
+                         progress=progress))
+    out: dict[str, dict[int, list[float]]] = {s: {int(k): [] for k in budgets} for s in strategies}
+    for strategy, k, _, _ in cells:
+        out[strategy][k].append(next(accs))
+    return out
+
+
+def budget_run(strategy: str, source_model: nn.Module, labelled, test, *, num_classes: int, recipe: StrategyRecipe,
+               seed: int, device=None, head_hidden: int | None = None, train_features=None,
+               test_features=None) -> float:
+    """Test accuracy of one strategy trained on ``labelled`` (a linear probe trains and scores on the source
+    model's features ``train_features`` / ``test_features``): one run of the grid."""
+    model = train_strategy(strategy, source_model, labelled, num_classes=num_classes, recipe=recipe, seed=seed,
+                           device=device, head_hidden=head_hidden, train_features=train_features)
+    if strategy == "linear_probe":
+        return accuracy(model.head, test_features, device=device)
+    return accuracy(model, test, device=device)
+
+
+COST = {"staged": 1.0, "finetune": 1.0, "scratch": 1.0, "linear_probe": 0.2}
+"""Relative time of a run of each strategy (jobs are started longest first)."""
+
+
+def run_grid(source_model: nn.Module, train, test, cells: Sequence[tuple[str, int, int, StrategyRecipe]], *,
+             device: str | torch.device | None = None, head_hidden: int | None = None, cache: bool = True,
+             progress: bool | None = None, workers: int | None = None) -> list[float]:
+    """Test accuracy of every ``(strategy, k, seed, recipe)`` cell (see :func:`label_budget_curve`), in order.
+
+    Cached runs are loaded; the others train side by side (:func:`tlutils.parallel.map_jobs`: worker processes of
+    one thread each on a multi-core CPU, in this process on a GPU) and are then cached.
+    """
     device = get_device(device) if not isinstance(device, torch.device) else device
     cache_dir = data_dir() / "budget_runs"
     inputs = run_inputs(source_model, train, test, head_hidden, device) if cache else {}
-    features: dict[str, object] = {}  # the source model's features of train and test, extracted once if needed
+    indices = {(k, seed): train.per_class_index(k, seed) for _, k, seed, _ in cells}
 
-    def run(strategy: str, k: int, seed: int, index: torch.Tensor) -> float:
-        labelled = train.subset(index)
-        if strategy == "linear_probe":
-            if not features:
-                features["train"] = cached_features(source_model, train, device=device)
-                features["test"] = cached_features(source_model, test, device=device)
-            model = train_strategy(strategy, source_model, labelled, num_classes=train.num_classes, recipe=recipe,
-                                   seed=seed, device=device, head_hidden=head_hidden,
-                                   train_features=features["train"].subset(index))
-            return accuracy(model.head, features["test"], device=device)
-        model = train_strategy(strategy, source_model, labelled, num_classes=train.num_classes, recipe=recipe,
-                               seed=seed, device=device, head_hidden=head_hidden)
-        return accuracy(model, test, device=device)
+    def expected(cell) -> dict:
+        strategy, k, seed, recipe = cell
+        return {"key": run_key(recipe, inputs, strategy, k, seed), "strategy": strategy, "k": int(k),
+                "seed": int(seed)}
 
-    def cached_run(strategy: str, k: int, seed: int, index: torch.Tensor) -> float:
-        key = run_key(recipe, inputs, strategy, k, seed)
-        expected = {"key": key, "strategy": strategy, "k": int(k), "seed": int(seed)}
-        record = load_or_build(run_path(cache_dir, expected["key"], strategy, k, seed),
-                               lambda: {**expected, "acc": run(strategy, k, seed, index)},
-                               load=lambda path: _load_run(path, expected), save=_save_run, what="label-budget run")
-        return record["acc"]
+    def path(cell) -> Path:
+        return run_path(cache_dir, expected(cell)["key"], cell[0], cell[1], cell[2])
 
-    out: dict[str, dict[int, list[float]]] = {s: {int(k): [] for k in budgets} for s in strategies}
-    bar = make_progress(len(strategies) * len(budgets) * len(seeds), "label budgets", progress_enabled(progress))
-    for k in budgets:
-        for seed in seeds:
-            index = train.per_class_index(k, seed)
-            for strategy in strategies:
-                acc = cached_run(strategy, k, seed, index) if cache else run(strategy, k, seed, index)
-                out[strategy][int(k)].append(acc)
-                if bar is not None:
-                    bar.update(1)
-    if bar is not None:
-        bar.close()
-    return out
+    def stored(cell) -> bool:
+        try:
+            _load_run(path(cell), expected(cell))
+            return True
+        except (OSError, ValueError):
+            return False
+
+    todo = sorted({cell for cell in cells if not (cache and stored(cell))}, key=lambda c: -COST[c[0]])
+    features = {}
+    if any(strategy == "linear_probe" for strategy, *_ in todo):
+        features = {"train": cached_features(source_model, train, device=device),
+                    "test": cached_features(source_model, test, device=device)}
+    jobs = [dict(strategy=strategy, source_model=source_model, labelled=train.subset(indices[k, seed]), test=test,
+                 num_classes=train.num_classes, recipe=recipe, seed=seed, device=device, head_hidden=head_hidden,
+                 train_features=features["train"].subset(indices[k, seed]) if strategy == "linear_probe" else None,
+                 test_features=features.get("test") if strategy == "linear_probe" else None)
+            for strategy, k, seed, recipe in todo]
+    fresh = dict(zip(todo, map_jobs(budget_run, jobs, workers=workers, device=device,
+                                    progress=progress_enabled(progress), desc="label-budget runs"), strict=True))
+    if not cache:
+        return [fresh[cell] for cell in cells]
+    return [load_or_build(path(cell), lambda cell=cell: {**expected(cell), "acc": fresh[cell]},
+                          load=lambda p, cell=cell: _load_run(p, expected(cell)), save=_save_run,
+                          what="label-budget run")["acc"] for cell in cells]
 
 
 def select_lr(source_model: nn.Module, train, val, *, strategy: str, lrs: Sequence[float], k: int, seed: int = 0,
@@ -199,15 +230,13 @@ def select_lr(source_model: nn.Module, train, val, *, strategy: str, lrs: Sequen
               device: str | torch.device | None = None) -> tuple[float, dict[float, float]]:
     """Choose ``strategy``'s peak learning rate on a validation split: train once per rate on
     ``train.per_class(k, seed)`` and score on ``val``. Returns ``(best rate, {rate: val accuracy})``
-    (ties go to the first rate listed). Runs are cached like ``label_budget_curve``'s (keyed by ``val``)."""
+    (ties go to the first rate listed). Runs are cached like ``label_budget_curve``'s (keyed by ``val``) and
+    trained side by side."""
     field = {"scratch": "lr_scratch", "finetune": "lr_finetune", "staged": "lr_staged"}.get(strategy)
     if field is None:
         raise ValueError(f"select_lr tunes a trained strategy (scratch, finetune, staged), not {strategy!r}")
-    scores = {}
-    for lr in lrs:
-        run = label_budget_curve(source_model, train, val, strategies=(strategy,), budgets=[k], seeds=[seed],
-                                 recipe=recipe.replace(**{field: lr}), device=device, progress=False)
-        scores[lr] = run[strategy][int(k)][0]
+    cells = [(strategy, int(k), seed, recipe.replace(**{field: lr})) for lr in lrs]
+    scores = dict(zip(lrs, run_grid(source_model, train, val, cells, device=device, progress=False), strict=True))
     best = max(scores, key=lambda lr: (scores[lr], -list(lrs).index(lr)))
     return best, scores
 
