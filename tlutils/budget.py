@@ -147,8 +147,9 @@ def label_budget_curve(source_model: nn.Module, train, test, *, strategies: Sequ
     data, the code of this module and of everything it imports (:func:`tlutils.cache.code_fingerprint`: the
     strategies, ``fit``, the schedules, features, augmentation, the models), torch version and device type;
     every run trains on one CPU thread, side by side in worker processes (:func:`run_grid`)), so chapters that
-    share runs (01-03) compute each one once; on the same machine a cached run is the number a fresh run gives. A file that is
-    not the run its name promises is reported, deleted and recomputed (``tlutils.cache.load_or_build``).
+    share runs (01-03) compute each one once; on the same machine a cached run is the number a fresh run gives.
+    A file that is not the run its name promises is reported, deleted and recomputed
+    (``tlutils.cache.load_or_build``).
     """
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
