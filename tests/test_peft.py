@@ -100,7 +100,8 @@ def test_adapters_start_as_identity_and_only_they_and_the_head_train():
     torch.testing.assert_close(model(x), before)
     adapters = [m for m in model.modules() if isinstance(m, Adapter)]
     assert len(adapters) == len(model.backbone.stages)
-    expected = sum(p.numel() for a in adapters for p in a.parameters()) + sum(p.numel() for p in model.head.parameters())
+    expected = sum(p.numel() for a in adapters for p in a.parameters())
+    expected += sum(p.numel() for p in model.head.parameters())
     assert count_parameters(model) == expected
 
 
