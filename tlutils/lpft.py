@@ -1,0 +1,115 @@
+"""Linear probe, fine-tuning and LP-FT (chapter 08; Kumar et al. 2022), and how far features move.
+
+* ``train_peft``: one method of ``PEFT_METHODS`` (head only, BitFit, LoRA, adapters, full fine-tuning) trained
+  from the source model with a new head, all at the same number of steps on a one-cycle schedule.
+* ``lp_ft``: linear probe first (head only), then every parameter from that head at a smaller rate. Kumar et
+  al. argue a random head's large gradients distort the pretrained features during fine-tuning; a trained head
+  keeps them closer, which is what ``feature_change`` measures.
+* ``linear_cka`` / ``feature_change``: similarity (CKA, Kornblith et al. 2019) and relative change between the
+  pretrained and the fine-tuned backbone's features on the same inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from tlutils.finetune import fit_one_cycle, freeze, tile, unfreeze, with_new_head
+from tlutils.peft import add_adapters, apply_lora, bitfit, trainable_parameters
+from tlutils.train import predict_features
+
+PEFT_METHODS = ("head", "bitfit", "lora", "adapter", "full")
+
+
+@dataclass(frozen=True)
+class PeftRecipe:
+    """Sizes and rates of chapter 08's runs: every method trains ``epochs`` epochs of ``min_epoch`` examples.
+
+    ``lr`` holds each method's peak rate (a frozen backbone tolerates larger rates than full fine-tuning);
+    ``lr_ft_after_lp`` is LP-FT's second stage, ``rank`` LoRA's r, ``reduction`` the adapters' bottleneck.
+    """
+
+    epochs: int = 6
+    batch_size: int = 32
+    min_epoch: int = 500
+    lr_head: float = 1e-2
+    lr_bitfit: float = 3e-3
+    lr_lora: float = 3e-3
+    lr_adapter: float = 3e-3
+    lr_full: float = 1e-3
+    lr_ft_after_lp: float = 3e-4
+    rank: int = 4
+    reduction: int = 8
+    weight_decay: float = 1e-4
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def prepare(method: str, model: nn.Module, recipe: PeftRecipe = PeftRecipe(), rank: int | None = None) -> nn.Module:
+    """Make ``method``'s parameters of ``model`` (a ``Classifier`` with a new head) trainable, in place."""
+    if method == "head":
+        freeze(model)
+    elif method == "bitfit":
+        bitfit(model)
+    elif method == "lora":
+        apply_lora(model, r=rank or recipe.rank)
+    elif method == "adapter":
+        add_adapters(model, reduction=recipe.reduction)
+    elif method == "full":
+        unfreeze(model)
+    else:
+        raise ValueError(f"unknown method {method!r}: choose one of {PEFT_METHODS}")
+    return model
+
+
+def train_peft(method: str, source_model: nn.Module, train, *, num_classes: int,
+               recipe: PeftRecipe = PeftRecipe(), seed: int = 0, rank: int | None = None, lr: float | None = None,
+               device: str | torch.device | None = None, progress: bool | None = False):
+    """Train ``method`` from ``source_model`` with a new head on ``train``; returns ``(model, history)``.
+
+    Every method runs the same steps (``recipe.epochs`` epochs of ``recipe.min_epoch`` tiled examples) with
+    AdamW on a one-cycle schedule at its peak rate ``lr`` (default ``recipe.lr_<method>``).
+    """
+    model = prepare(method, with_new_head(source_model, num_classes, seed=seed), recipe, rank)
+    if device is not None:
+        model = model.to(device)
+    rate = lr if lr is not None else getattr(recipe, f"lr_{method}")
+    history = fit_one_cycle(model, tile(train, recipe.min_epoch), [{"params": trainable_parameters(model), "lr": rate}],
+                            epochs=recipe.epochs, weight_decay=recipe.weight_decay, batch_size=recipe.batch_size,
+                            seed=seed, device=device, progress=progress)
+    return model.eval(), history
+
+
+def lp_ft(source_model: nn.Module, train, *, num_classes: int, recipe: PeftRecipe = PeftRecipe(), seed: int = 0,
+          lr: float | None = None, device: str | torch.device | None = None, progress: bool | None = False):
+    """LP-FT (Kumar et al. 2022): a linear probe, then every parameter from the trained head at rate ``lr``
+    (default ``recipe.lr_ft_after_lp``), each stage ``recipe.epochs`` epochs. Returns ``(model, [h_lp, h_ft])``."""
+    model, h_lp = train_peft("head", source_model, train, num_classes=num_classes, recipe=recipe, seed=seed,
+                             device=device, progress=progress)
+    unfreeze(model)
+    rate = lr if lr is not None else recipe.lr_ft_after_lp
+    h_ft = fit_one_cycle(model, tile(train, recipe.min_epoch), [{"params": trainable_parameters(model), "lr": rate}],
+                         epochs=recipe.epochs, weight_decay=recipe.weight_decay, batch_size=recipe.batch_size,
+                         seed=seed + 1, device=device, progress=progress)
+    return model.eval(), [h_lp, h_ft]
+
+
+def linear_cka(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Linear CKA between two feature matrices (n x d1, n x d2) of the same n inputs: 1 = same up to rotation
+    and scale. ``||B^T A||_F^2 / (||A^T A||_F ||B^T B||_F)`` on column-centred features."""
+    if len(a) != len(b):
+        raise ValueError(f"linear_cka needs features of the same inputs: got {len(a)} and {len(b)} rows")
+    a = (a - a.mean(0)).double()
+    b = (b - b.mean(0)).double()
+    return float((b.T @ a).norm() ** 2 / ((a.T @ a).norm() * (b.T @ b).norm()))
+
+
+def feature_change(before: nn.Module, after: nn.Module, data, **kwargs) -> dict[str, float]:
+    """How far ``after``'s backbone features moved from ``before``'s on ``data``: ``{"cka", "relative"}``,
+    where relative = ||f_after - f_before||_F / ||f_before||_F (0 = unchanged)."""
+    f0 = predict_features(before, data, **kwargs)
+    f1 = predict_features(after, data, **kwargs)
+    return {"cka": linear_cka(f0, f1), "relative": float((f1 - f0).norm() / f0.norm())}
