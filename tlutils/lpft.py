@@ -5,7 +5,7 @@
 * ``lp_ft``: linear probe first (head only), then every parameter from that head at a smaller rate. Kumar et
   al. argue a random head's large gradients distort the pretrained features during fine-tuning; a trained head
   keeps them closer, which is what ``feature_change`` measures.
-* ``linear_cka`` / ``feature_change``: similarity (CKA, Kornblith et al. 2019) and relative change between the
+* ``feature_change``: similarity (``tlutils.features.linear_cka``, chapter 02) and relative change between the
   pretrained and the fine-tuned backbone's features on the same inputs.
 """
 
@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from tlutils.features import linear_cka
 from tlutils.finetune import fit_one_cycle, freeze, tile, unfreeze, with_new_head
 from tlutils.peft import add_adapters, apply_lora, bitfit, trainable_parameters
 from tlutils.train import predict_features
@@ -95,16 +96,6 @@ def lp_ft(source_model: nn.Module, train, *, num_classes: int, recipe: PeftRecip
                          epochs=recipe.epochs, weight_decay=recipe.weight_decay, batch_size=recipe.batch_size,
                          seed=seed + 1, device=device, progress=progress)
     return model.eval(), [h_lp, h_ft]
-
-
-def linear_cka(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Linear CKA between two feature matrices (n x d1, n x d2) of the same n inputs: 1 = same up to rotation
-    and scale. ``||B^T A||_F^2 / (||A^T A||_F ||B^T B||_F)`` on column-centred features."""
-    if len(a) != len(b):
-        raise ValueError(f"linear_cka needs features of the same inputs: got {len(a)} and {len(b)} rows")
-    a = (a - a.mean(0)).double()
-    b = (b - b.mean(0)).double()
-    return float((b.T @ a).norm() ** 2 / ((a.T @ a).norm() * (b.T @ b).norm()))
 
 
 def feature_change(before: nn.Module, after: nn.Module, data, **kwargs) -> dict[str, float]:
