@@ -232,7 +232,7 @@ ANCHORS: dict[str, dict[str, str]] = {
         "student_acc.kd": "0.9926 (same: small net distilled at T = 20, 74 errors)",
     },
     "08_lpft_peft": {
-        "lpft.paired_diff.ood.lpft_minus_ft": "+0.10 (Kumar et al. 2022: LP-FT vs FT, OOD, mean of ten shifts)",
+        "lpft.paired_diff.ood.lpft_minus_ft": "+10 points (Kumar et al. 2022: LP-FT vs FT, OOD, ten shifts)",
         "lpft.id_acc.lpft": "LP-FT +1 point ID over FT (same)",
         "lpft.ood_acc.ft": "FT -7 points OOD vs LP, +2 ID (same)",
         "peft.acc.adapter": "within 0.4 points of full FT with 3.6 % of the parameters (Houlsby et al. 2019, GLUE)",
