@@ -76,3 +76,18 @@ def test_cached_runs_load_what_was_saved_and_retrain_a_bad_file(tmp_path, monkey
     assert asked == [["dann"], ["dann"]]
     with pytest.raises(ValueError, match="not cached"):
         cached_runs(cfg, seed=0, methods=("oracle",))
+
+
+def test_save_run_caches_a_visible_run_so_cached_runs_does_not_train_it_again(tmp_path, monkeypatch):
+    from tlutils.adapt_runs import save_run
+
+    cfg = SimpleNamespace(data_dir=tmp_path, pick=lambda quick, full, **_: quick, device="cpu")
+    net = ganin_cnn(10, batch_norm=True).eval()
+    history = History(epochs=[{"epoch": 1, "train_mmd": 0.1}])
+    assert save_run(cfg, "dan", 3, net, history, 0.7) == cache_paths(cfg, seed=3)["dan"]
+    monkeypatch.setattr("tlutils.adapt_runs.run_seed", lambda *a, **k: pytest.fail("should load, not train"))
+    model, hist = cached_runs(cfg, seed=3, methods=("dan",))["dan"]
+    assert hist.epochs == history.epochs
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in net.state_dict().items())
+    with pytest.raises(ValueError, match="not cached"):
+        save_run(cfg, "oracle", 3, net, history, 0.7)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from tlutils.adapt import Recipe, fit_recipe
-from tlutils.dann import DANN, DANNStep, GradientReversal, grad_reverse, train_dann
+from tlutils.adapt import AdaptationWeight, Recipe, adaptation_step, fit_recipe
+from tlutils.dann import DANN, GradientReversal, grad_reverse, train_dann
 from tlutils.models import Classifier, ganin_cnn
 from tlutils.schedules import ramp
 from tlutils.train import evaluate
@@ -75,12 +75,19 @@ def test_grl_module_and_bad_lambda():
 # ----------------------------------------------------------------------------- networks and step
 
 
+def _step(model, xs, ys, xt, progress):
+    return adaptation_step(model, {"source": (xs, ys), "target": xt}, SimpleNamespace(progress=progress))
+
+
+def dann_step(model, xs, ys, xt, progress):
+    return adaptation_step(model, {"source": (xs, ys), "target": xt}, SimpleNamespace(progress=progress))
+
+
 def test_dann_step_losses_and_gradients():
     torch.manual_seed(0)
     model = DANN(ganin_cnn(3), hidden=(8,))
-    step = DANNStep(torch.rand(7, 3, 32, 32), seed=0)
     xs, ys = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
-    logs = step(model, (xs, ys), SimpleNamespace(progress=1.0))
+    logs = dann_step(model, xs, ys, torch.rand(4, 3, 32, 32), 1.0)
     assert set(logs) >= {"loss", "label_loss", "domain_loss", "domain_acc", "acc", "lambda"}
     assert logs["lambda"] == pytest.approx(ramp(1.0))
     assert torch.allclose(logs["loss"], logs["label_loss"] + logs["domain_loss"])
@@ -88,9 +95,9 @@ def test_dann_step_losses_and_gradients():
     # The domain head descends the domain loss; the features get the reversed gradient.
     assert all(p.grad is not None for p in model.parameters())
     with pytest.raises(TypeError, match="DANN"):
-        step(model.classifier, (xs, ys), SimpleNamespace(progress=0.0))
+        train_dann(model.classifier, (xs, ys), xs, Recipe(steps=1), progress=False)
     with pytest.raises(ValueError, match="weighting"):
-        DANNStep(torch.rand(7, 3, 32, 32), weighting="sometimes")
+        AdaptationWeight(weighting="sometimes")
 
 
 def test_dann_step_forwards_each_domain_alone_with_batch_norm():
@@ -99,15 +106,16 @@ def test_dann_step_forwards_each_domain_alone_with_batch_norm():
     torch.manual_seed(0)
     model = DANN(ganin_cnn(3, batch_norm=True), hidden=(8,)).train()
     xs = torch.rand(4, 3, 32, 32)
+    xt = torch.rand(4, 3, 32, 32)
     seen = {}
     for per_domain in (True, False):
+        model.per_domain = per_domain
         outs = []
         for shift in (0.0, 0.5):
-            step = DANNStep(torch.rand(6, 3, 32, 32) + shift, per_domain=per_domain, seed=0)
             feats = []
             grab = lambda m, i, o, feats=feats: feats.append(i[0].detach())
-            hook = model.classifier.head.register_forward_hook(grab)
-            step(model, (xs, torch.tensor([0, 1, 2, 0])), SimpleNamespace(progress=0.5))
+            hook = model.classifier.head[0].register_forward_hook(grab)
+            dann_step(model, xs, torch.tensor([0, 1, 2, 0]), xt + shift, 0.5)
             hook.remove()
             outs.append(feats[0])
         seen[per_domain] = torch.allclose(outs[0], outs[1])
@@ -116,9 +124,8 @@ def test_dann_step_forwards_each_domain_alone_with_batch_norm():
 
 def test_dynamic_weighting_is_at_least_one_half():
     torch.manual_seed(0)
-    model = DANN(ganin_cnn(3), hidden=(8,))
-    step = DANNStep(torch.rand(7, 3, 32, 32), weighting="dynamic", seed=0)
-    logs = step(model, (torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])), SimpleNamespace(progress=0.0))
+    model = DANN(ganin_cnn(3), hidden=(8,), weight=AdaptationWeight(weighting="dynamic"))
+    logs = dann_step(model, torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]), torch.rand(4, 3, 32, 32), 0.0)
     assert 0.5 <= logs["lambda"] < 1.0  # the paper's ramp would give 0 at p = 0
 
 

@@ -171,22 +171,23 @@ def test_lwf_step_is_cross_entropy_plus_distillation_of_the_recorded_outputs():
     model = distill.two_task_model(small_source(), 3, seed=0)
     d = toy_domain(n_per_class=4)
     old = torch.randn(len(d), 4)
-    rows = torch.arange(len(d))
-    out = distill.LwFStep(d.y, old, T=2.0, weight=0.5)(model, (d.x, rows), None)
+    out = distill.LwFStep(T=2.0, weight=0.5)(model, (d.x, d.y, old), None)
     feats = model.backbone(d.x)
     expected = F.cross_entropy(model.heads["target"](feats), d.y) + 0.5 * distill.distillation_term(
         model.heads["source"](feats), old, 2.0)
     assert torch.allclose(out["loss"], expected, atol=1e-6)
 
 
-def test_multitask_step_draws_source_batches_of_the_target_batch_size():
+def test_multitask_step_sums_both_tasks_losses_from_one_forward():
     model = distill.two_task_model(small_source(), 3, seed=0)
     src = toy_domain(n_per_class=5, classes=4, seed=1)
-    step = distill.MultiTaskStep(src.x, src.y, seed=0)
     d = toy_domain(n_per_class=2)
-    out = step(model, (d.x, d.y), None)
+    out = distill.MultiTaskStep()(model, {"target": (d.x, d.y), "source": (src.x[:6], src.y[:6])}, None)
     assert set(out) == {"loss", "target_loss", "source_loss"}
     assert torch.allclose(out["loss"], out["target_loss"] + out["source_loss"])
+    with torch.no_grad():
+        z_t, z_s = model(torch.cat([d.x, src.x[:6]]), ("target", "source"), (len(d.x), 6))
+    assert z_t.shape == (len(d.x), 3) and z_s.shape == (6, 4)
 
 
 def test_multitask_and_lwf_train_both_heads_and_leave_the_source_alone(one_thread):

@@ -47,6 +47,40 @@ def test_plot_budget_curves_labels_axes_and_every_line():
     plt.close("all")
 
 
+def _run_history(n: int = 40):
+    from tlutils.train import History
+
+    steps = [{"step": i + 1, "loss": 1.0, "label_loss": 1 / (i + 1), "domain_loss": 0.69, "acc": 0.5 + i / 100,
+              "domain_acc": 0.9 - i / 100, "lambda": i / n} for i in range(n)]
+    return History(epochs=[{"epoch": 1}], steps=steps)
+
+
+def test_moving_average_and_the_adaptation_run_figure_label_what_they_draw():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import numpy as np
+    import pytest
+
+    from tlutils.plots import moving_average, plot_adaptation_run, plot_steps
+    from tlutils.train import History
+
+    assert np.allclose(moving_average([1, 2, 3, 4], 2), [1.5, 2.5, 3.5])
+    assert np.allclose(moving_average([1, 2], 10), [1.5]), "a window longer than the series shrinks to it"
+    axes = plot_adaptation_run(_run_history(), window=5, title="DANN")
+    assert {line.get_label() for line in axes[0].get_lines()} >= {"label_loss", "domain_loss"}
+    assert "loss" not in {line.get_label() for line in axes[0].get_lines()}, "the total is not a curve of its own"
+    assert {line.get_label() for line in axes[1].get_lines()} >= {"acc", "domain_acc"}
+    assert [line.get_label() for line in axes[2].get_lines()] == ["lambda as used"]
+    assert all(ax.get_xlabel() == "step" and ax.get_ylabel() for ax in axes)
+    ax = plot_steps(_run_history(), ["loss", "acc"], window=5)
+    assert [line.get_label() for line in ax.get_lines()] == ["loss", "acc"] and ax.get_xlabel() == "step"
+    with pytest.raises(KeyError, match="never logged"):
+        plot_steps(_run_history(), ["teacher_agreement"])
+    with pytest.raises(ValueError, match="no per-step logs"):
+        plot_adaptation_run(History())
+
+
 def test_plot_history_draws_epochs_or_steps():
     import matplotlib
 
@@ -64,4 +98,25 @@ def test_plot_history_draws_epochs_or_steps():
     ax = plot_history(meta_like)
     assert ax.get_xlabel() == "step" and [ln.get_label() for ln in ax.lines] == ["acc", "loss"]
     assert len(ax.lines[0].get_xdata()) == 3
+    plt.close("all")
+
+
+def test_plot_unfreezing_shows_the_schedule_per_part():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tlutils.plots import plot_unfreezing
+
+    class Schedule:  # the two attributes of GradualUnfreezing that the plot reads
+        records = [{"trainable": ["head"]}, {"trainable": ["head", "stage4"]}]
+        lr_trace = [{"step": 1, "head": 1e-3, "stage4": 0.0}, {"step": 2, "head": 1e-3, "stage4": 3.8e-4}]
+
+    ax1, ax2 = plot_unfreezing(Schedule(), ["head", "stage4"])
+    assert ax1.images[0].get_array().tolist() == [[1.0, 1.0], [0.0, 1.0]]
+    assert [ln.get_label() for ln in ax2.lines] == ["head", "stage4"] and ax2.get_yscale() == "log"
+    frozen = ax2.lines[1].get_ydata()[0]
+    assert frozen != frozen, "a frozen part's rate is NaN (blank), not 0 on a log axis"
+    assert ax1.get_xlabel() == "epoch" and ax2.get_ylabel() == "learning rate (log scale)"
     plt.close("all")

@@ -62,3 +62,53 @@ def test_format_mean_std_matches_mean_std():
 
     assert format_mean_std([0.5, 0.7]) == "0.600 ± 0.141"
     assert format_mean_std([0.25], digits=1) == "0.2 ± 0.0"
+
+
+def test_paired_verdict_reads_the_interval():
+    from tlutils.results import paired_verdict
+
+    assert paired_verdict({"mean": 0.01, "low": -0.01, "high": 0.03}, "staged", "fine-tune") == \
+        "no detectable difference"
+    assert paired_verdict({"mean": 0.04, "low": 0.01, "high": 0.07}, "staged", "fine-tune") == \
+        "staged better by 4.0 points"
+    assert paired_verdict({"mean": -0.025, "low": -0.04, "high": -0.01}, "staged", "fine-tune") == \
+        "fine-tune better by 2.5 points"
+
+
+def test_record_paired_and_budget_record_their_keys(capsys):
+    from tlutils.results import paired_difference, record_budget, record_paired, recorded
+
+    record_paired("pd.test", paired_difference([0.7, 0.6, 0.65], [0.6, 0.6, 0.6]))
+    rows = [{"strategy": "finetune", "k": 1, "mean": 0.5, "std": 0.1, "n": 3},
+            {"strategy": "scratch", "k": 1, "mean": 0.2, "std": 0.1, "n": 3}]
+    record_budget(rows, strategies=("finetune",), prefix="bt")
+    got = recorded()
+    assert abs(got["pd.test"] - 0.05) < 1e-12 and got["pd.test.n"] == 3 and got["pd.test.ci95"] > 0
+    assert got["bt.finetune.k1"] == 0.5 and "bt.scratch.k1" not in got
+
+
+def test_budget_table_long_and_wide():
+    from tlutils.results import budget_table
+
+    rows = [{"strategy": "linear_probe", "k": 1, "mean": 0.5, "std": 0.1, "n": 3},
+            {"strategy": "linear_probe", "k": 5, "mean": 0.7, "std": 0.05, "n": 3}]
+    assert budget_table(rows)[1] == {"strategy": "linear_probe", "labels per class": 5,
+                                     "test accuracy": "0.700 ± 0.050"}
+    assert budget_table(rows, wide=True) == [{"strategy": "linear probe", "k=1": "0.500 ± 0.100",
+                                              "k=5": "0.700 ± 0.050"}]
+
+
+def test_domain_game_reads_the_domain_classifier_of_one_run():
+    from tlutils.results import domain_game
+    from tlutils.train import History
+
+    steps = [{"step": i, "domain_acc": 1.0 if i < 10 else 0.5, "domain_loss": 0.1 if i < 10 else 0.7, "acc": 0.9}
+             for i in range(100)]
+    game = domain_game(History(steps=steps), window=5)
+    assert game["early"] == 1.0 and game["late"] == 0.5 and game["peak"] == 1.0
+    assert game["late_loss"] == pytest.approx(0.7) and game["late_source_acc"] == pytest.approx(0.9)
+    assert "fool" in game["state"]
+    steps = [dict(s, domain_acc=0.9) for s in steps]
+    assert "still tells the domains apart" in domain_game(History(steps=steps))["state"]
+    with pytest.raises(ValueError, match="domain_acc"):
+        domain_game(History(steps=[{"step": 1, "loss": 1.0}]))

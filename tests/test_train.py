@@ -6,10 +6,12 @@ from tlutils.models import ganin_cnn
 from tlutils.train import (
     History,
     LoopProgress,
+    Stream,
     autocast_for,
     default_amp,
     evaluate,
     fit,
+    infinite_batches,
     predict,
     predict_features,
     tensor_batches,
@@ -150,3 +152,65 @@ def test_history_reads_per_epoch_or_per_step():
         history.last("loss")
     with pytest.raises(ValueError, match="per must be 'epoch' or 'step'"):
         history.column("loss", per="batch")
+
+
+def test_evaluate_reads_a_shuffled_loader_once():
+    """Outputs and labels come from one pass: a shuffled DataLoader read twice would pair them wrongly."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    y = torch.arange(10).repeat(20)
+    x = torch.nn.functional.one_hot(y, 10).float()
+    model = torch.nn.Linear(10, 10)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(10) * 5)
+        model.bias.zero_()
+    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True)
+    assert evaluate(model, loader, device="cpu")["acc"] == 1.0
+    assert evaluate(model, (x, y), device="cpu")["acc"] == 1.0
+
+
+def test_evaluate_without_labels_is_a_clear_error():
+    with pytest.raises(ValueError, match="evaluate needs labelled data"):
+        evaluate(torch.nn.Linear(3, 2), [torch.randn(4, 3)], device="cpu")
+
+
+def test_named_streams_reach_the_step_seeded_and_as_large_as_the_first_batch():
+    x, y = blobs(64)
+    extra = torch.arange(10.0).view(10, 1)
+    seen = []
+
+    def step_fn(model, batch, state):
+        assert set(batch) == {"main", "extra", "rows"}
+        (xb, yb), eb, (r1, r2, r3) = batch["main"], batch["extra"], batch["rows"]
+        assert eb.shape == (len(xb), 1) and len(r1) == len(r2) == len(r3) == len(xb)
+        assert torch.equal(r2, r1 * 2) and torch.equal(r3, r1 * 3)  # a tuple stream stays aligned
+        seen.append(eb.flatten().long())
+        return {"loss": nn.functional.cross_entropy(model(xb), yb)}
+
+    rows = torch.arange(30)
+    fit(mlp(), {"main": (x, y), "extra": extra, "rows": (rows, rows * 2, rows * 3)}, epochs=2, batch_size=16,
+        device="cpu", seed=5, step_fn=step_fn, progress=False)
+    expected = infinite_batches(10, 16, seed=5 + 1)  # stream i (after the first) is seeded fit's seed + i
+    assert all(torch.equal(s, next(expected)) for s in seen) and len(seen) == 8
+
+
+def test_stream_with_replacement_and_bad_streams():
+    x, y = blobs(32)
+    draws = []
+
+    def step_fn(model, batch, state):
+        draws.append(batch["src"][1])
+        return {"loss": nn.functional.cross_entropy(model(batch["tgt"][0]), batch["tgt"][1])}
+
+    src = (torch.zeros(7, 1), torch.arange(7))
+    fit(mlp(), {"tgt": (x, y), "src": Stream(src, replacement=True, seed=3)}, epochs=1, batch_size=8, device="cpu",
+        seed=0, step_fn=step_fn, progress=False)
+    gen = torch.Generator().manual_seed(3)
+    assert all(torch.equal(d, torch.randint(7, (8,), generator=gen)) for d in draws)
+    with pytest.raises(ValueError, match="empty dict"):
+        fit(mlp(), {}, epochs=1, device="cpu")
+    with pytest.raises(TypeError, match="first stream"):
+        fit(mlp(), {"a": Stream((x, y))}, epochs=1, device="cpu")
+    with pytest.raises(ValueError, match="differ in length"):
+        fit(mlp(), {"a": (x, y), "b": (x, y[:3])}, epochs=1, device="cpu", step_fn=step_fn)

@@ -6,7 +6,10 @@ adaptation term of the step differs. The pieces both adaptation steps need live 
 
 - the schedules of training progress ``p`` come from ``tlutils.schedules``: the adaptation ramp ``ramp``
   (DANN's lambda_p, also DAN's MMD weight) and the learning-rate ``annealing`` (applied by ``LRSchedule``);
-- :class:`TargetBatches`: endless, seeded batches of unlabelled target images;
+- :class:`DomainAdaptation`: a classifier plus a transfer-loss module in one module (one forward per step, so
+  DDP syncs every gradient); :func:`adaptation_step` adds the source cross-entropy; :func:`fit_adaptation` trains
+  it on the named streams ``{"source": ..., "target": ...}`` of ``fit``. A transfer loss maps an
+  :class:`AdaptationBatch` to ``(loss, logs)``; :class:`AdaptationWeight` is the shared weight schedule;
 - :func:`domain_features`: source and target features from *separate* forward passes, so that a network
   with BatchNorm normalises each domain by its own batch statistics;
 - :func:`adabn` (Li et al. 2016): re-estimate BatchNorm statistics on target images, the simplest adaptation;
@@ -16,16 +19,16 @@ adaptation term of the step differs. The pieces both adaptation steps need live 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from functools import partial
+from functools import cached_property, partial
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tlutils.models import Classifier, build_model, ganin_cnn
-from tlutils.schedules import LRSchedule, annealing
-from tlutils.train import History, fit
+from tlutils.schedules import LRSchedule, annealing, ramp
+from tlutils.train import History, fit, infinite_batches
 
 
 def dynamic_weight(source_features: torch.Tensor, target_features: torch.Tensor, scale: float = 0.1) -> float:
@@ -51,39 +54,6 @@ def target_images(target) -> torch.Tensor:
     return x
 
 
-def infinite_batches(n: int, batch_size: int, seed: int = 0) -> Iterator[torch.Tensor]:
-    """Endless index batches over ``range(n)``: a new seeded permutation per pass (a batch may span two)."""
-    gen = torch.Generator().manual_seed(seed)
-    buffer = torch.empty(0, dtype=torch.long)
-    while True:
-        while len(buffer) < batch_size:
-            buffer = torch.cat([buffer, torch.randperm(n, generator=gen)])
-        yield buffer[:batch_size]
-        buffer = buffer[batch_size:]
-
-
-class TargetBatches:
-    """Endless seeded batches of unlabelled target inputs, each as large as the source batch it joins."""
-
-    def __init__(self, target, seed: int = 0):
-        self.x = target_images(target)
-        self.seed = seed
-        self._batches: Iterator[torch.Tensor] | None = None
-        self._size = 0
-
-    def next_like(self, like: torch.Tensor) -> torch.Tensor:
-        """The next ``len(like)`` target inputs, on ``like``'s device and memory format."""
-        if self.x.device != like.device:
-            self.x = self.x.to(like.device)
-        n = len(like)
-        if self._batches is None or n != self._size:
-            self._batches, self._size = infinite_batches(len(self.x), n, self.seed), n
-        xt = self.x[next(self._batches).to(like.device)]
-        if like.dim() == 4 and like.is_contiguous(memory_format=torch.channels_last):
-            xt = xt.contiguous(memory_format=torch.channels_last)
-        return xt
-
-
 def domain_features(
     model: nn.Module, xs: torch.Tensor, xt: torch.Tensor, per_domain: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,6 +68,121 @@ def domain_features(
         return model.features(xs), model.features(xt)
     feats = model.features(torch.cat([xs, xt]))
     return feats[: len(xs)], feats[len(xs) :]
+
+
+def head_activations(head: nn.Module, feats: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Logits of ``head``, and the activations DAN adapts: each ReLU output of a Sequential head + logits."""
+    acts = []
+    h = feats
+    for layer in head if isinstance(head, nn.Sequential) else [head]:
+        h = layer(h)
+        if isinstance(layer, nn.ReLU):
+            acts.append(h)
+    return h, [*acts, h]
+
+
+# ----------------------------------------------------------------------------- adaptation as a loss module
+
+WEIGHTINGS = ("progress", "dynamic")
+
+
+@dataclass(eq=False)
+class AdaptationBatch:
+    """What a transfer loss sees in one step: both domains' inputs and features, the source logits and head
+    activations, the progress ``p`` and the ``classifier`` itself (to forward another view of ``target``, say).
+
+    ``target_logits`` / ``target_activations`` are computed on first use (a loss that needs none costs nothing).
+    """
+
+    classifier: nn.Module
+    source: torch.Tensor
+    target: torch.Tensor
+    source_features: torch.Tensor
+    target_features: torch.Tensor
+    source_logits: torch.Tensor
+    source_activations: list[torch.Tensor]
+    progress: float
+
+    @cached_property
+    def _target_head(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return head_activations(self.classifier.head, self.target_features)
+
+    @property
+    def target_logits(self) -> torch.Tensor:
+        return self._target_head[0]
+
+    @property
+    def target_activations(self) -> list[torch.Tensor]:
+        return self._target_head[1]
+
+
+@dataclass(frozen=True)
+class AdaptationWeight:
+    """The weight of a transfer loss at a step: ``maximum * ramp(p, gamma, delay)`` (``"progress"``, the
+    paper's schedule: off while the features are random) or ``maximum * dynamic_weight(f_s, f_t)``
+    (``"dynamic"``, a tutorial recipe, >= 0.5 from the first step)."""
+
+    maximum: float = 1.0
+    gamma: float = 10.0
+    delay: float = 0.0
+    weighting: str = "progress"
+
+    def __post_init__(self) -> None:
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown weighting {self.weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+
+    def __call__(self, batch: AdaptationBatch) -> float:
+        if self.weighting == "progress":
+            return self.maximum * ramp(batch.progress, self.gamma, self.delay)
+        return self.maximum * dynamic_weight(batch.source_features, batch.target_features)
+
+
+class DomainAdaptation(nn.Module):
+    """A ``Classifier`` and a transfer loss module, trained as one module so that DDP sees every parameter.
+
+    ``forward(x)`` is the classifier's logits (``evaluate``/``predict`` work unchanged). ``forward(xs, xt, p)``
+    forwards the source and the target batch (separately when ``per_domain``: each normalised by its own
+    BatchNorm statistics, see :func:`domain_features`), builds an :class:`AdaptationBatch` and returns
+    ``(source logits, transfer loss, logs)``; the ``transfer`` module maps an ``AdaptationBatch`` to
+    ``(loss, logs)`` with its weight already applied (``tlutils.dann.DomainAdversarialLoss``,
+    ``tlutils.dan.MMDTransfer``, or a new one such as an entropy term). :func:`adaptation_step` adds the
+    source cross-entropy.
+    """
+
+    def __init__(self, classifier: nn.Module, transfer: nn.Module, per_domain: bool = True):
+        super().__init__()
+        if not (hasattr(classifier, "features") and hasattr(classifier, "head")):
+            raise TypeError(f"DomainAdaptation adapts a tlutils.models.Classifier (features + head), "
+                            f"got {type(classifier).__name__}")
+        self.classifier = classifier
+        self.transfer = transfer
+        self.per_domain = per_domain
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier.features(x)
+
+    def forward(self, xs: torch.Tensor, xt: torch.Tensor | None = None, progress: float = 0.0):
+        if xt is None:
+            return self.classifier(xs)
+        fs, ft = domain_features(self.classifier, xs, xt, self.per_domain)
+        logits, acts = head_activations(self.classifier.head, fs)
+        batch = AdaptationBatch(self.classifier, xs, xt, fs, ft, logits, acts, float(progress))
+        loss, logs = self.transfer(batch)
+        return logits, loss, logs
+
+
+def adaptation_step(model: nn.Module, batch: dict, state) -> dict:
+    """``step_fn`` of an adaptation run: ``CE(source logits, y_s) + transfer loss`` in one forward of ``model``
+    (a :class:`DomainAdaptation`, maybe DDP-wrapped) on the ``"source"`` ``(x, y)`` and ``"target"`` x streams.
+    Logs ``label_loss``, source ``acc`` and the transfer loss's own logs.
+    Chapters 04 and 05 show this source (section 4 of each, after their visible run).
+    """
+    xs, ys = batch["source"]
+    logits, transfer, logs = model(xs, batch["target"], state.progress)
+    label_loss = F.cross_entropy(logits, ys)
+    with torch.no_grad():
+        acc = (logits.argmax(1) == ys).float().mean()
+    return {"loss": label_loss + transfer, "label_loss": label_loss.detach(), **logs, "acc": acc}
 
 
 # ----------------------------------------------------------------------------- AdaBN
@@ -190,6 +275,8 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
 
 
 def _size(data) -> int:
+    if isinstance(data, dict):  # named streams: the first defines the epoch
+        return _size(next(iter(data.values())))
     if hasattr(data, "x"):
         return len(data.x)
     if isinstance(data, (tuple, list)) and len(data) == 2:
@@ -213,8 +300,9 @@ def fit_recipe(
 ) -> History:
     """One run under a recipe: its optimiser, annealed learning rate, batch size and length.
 
-    ``step_fn`` adds the adaptation term (``tlutils.dann.DANNStep``, ``tlutils.dan.DANStep``); without it this
-    is plain supervised training (source-only on the source, the oracle on labelled target images).
+    ``step_fn`` adds the adaptation term (:func:`adaptation_step`, used by :func:`fit_adaptation`; ``train`` is
+    then a dict of streams); without it this is plain supervised training (source-only on the source, the oracle
+    on labelled target images).
     """
     return fit(
         model,
@@ -234,9 +322,35 @@ def fit_recipe(
     )
 
 
+def fit_adaptation(
+    model: DomainAdaptation,
+    source,
+    target,
+    recipe: Recipe = Recipe(),
+    *,
+    seed: int = 0,
+    device=None,
+    amp: bool | None = None,
+    progress: bool | None = None,
+    val=None,
+    desc: str | None = None,
+) -> History:
+    """Train a :class:`DomainAdaptation` on labelled ``source`` and unlabelled ``target`` (a Domain, whose labels
+    are never used, or a tensor) under ``recipe``: streams ``{"source", "target"}`` and :func:`adaptation_step`.
+    """
+    return fit_recipe(model, {"source": source, "target": target_images(target)}, recipe, step_fn=adaptation_step,
+                      seed=seed, device=device, amp=amp, progress=progress, val=val, desc=desc)
+
+
 __all__ = [
+    "AdaptationBatch",
+    "AdaptationWeight",
+    "DomainAdaptation",
     "Recipe",
-    "TargetBatches",
+    "WEIGHTINGS",
+    "adaptation_step",
+    "fit_adaptation",
+    "head_activations",
     "adabn",
     "build_network",
     "domain_features",

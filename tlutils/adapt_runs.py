@@ -216,6 +216,22 @@ def save_runs(cfg, runs: list[RunResult], recipe: Recipe | None = None) -> list[
             for r in runs if r.method in CACHED]
 
 
+def save_run(cfg, method: str, seed: int, model: Classifier, history: History | None, target_acc: float,
+             recipe: Recipe | None = None) -> Path:
+    """Cache one network of ``PAIR`` trained outside :func:`cached_runs` (a chapter's visible run), so that
+    ``cached_runs(cfg, seed, (method,))`` loads it instead of training it again.
+
+    Only correct for a network trained exactly as :func:`train_method` trains ``method`` (``torch.manual_seed(seed)``
+    before ``build_network(recipe, 10)``, the same ``seed`` passed to training, the data of ``load_pair(*PAIR)``);
+    chapter 05's DAN run is.
+    """
+    if method not in CACHED:
+        raise ValueError(f"{method!r} is not cached; choose from {', '.join(CACHED)}")
+    recipe = recipe or recipe_for(cfg)
+    run = RunResult(method, seed, target_acc, float("nan"), model, history, 0.0, model, model)
+    return save_checkpoint(model, cache_paths(cfg, seed, recipe)[method], **_run_metadata(run, recipe))
+
+
 def _load_run(path: Path, recipe: Recipe, method: str, seed: int) -> tuple[Classifier, History]:
     """The network and per-epoch history at ``path``, verified to be ``method``'s under ``recipe`` and ``seed``
     (raises otherwise)."""
@@ -278,6 +294,7 @@ __all__ = [
     "compare_methods",
     "run_key",
     "run_seed",
+    "save_run",
     "save_runs",
     "train_method",
 ]

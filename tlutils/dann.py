@@ -6,10 +6,11 @@ layer: identity going forward, ``-lambda * grad`` going back. Minimising ``L_y +
 ``G_d`` to separate the domains while pushing ``G_f`` to make them inseparable (the saddle point
 ``min_{f,y} max_d  L_y - lambda L_d`` of the paper). No target label is ever used.
 
-The pieces: :func:`grad_reverse` / :class:`GradientReversal`, :func:`domain_classifier`, :class:`DANN`
-(any ``Classifier`` + a domain head), :class:`DANNStep` (a ``step_fn`` for ``tlutils.train.fit``) and
-:func:`train_dann`. The recipe, schedules and target batches shared with DAN are in ``tlutils.adapt``; the
-network (``ganin_cnn``) in ``tlutils.models``; the experiments of chapters 04-05 in ``tlutils.adapt_runs``.
+The pieces: :func:`grad_reverse` / :class:`GradientReversal`, :func:`domain_classifier`,
+:class:`DomainAdversarialLoss` (domain head + GRL + lambda schedule, a transfer loss module), :class:`DANN` (any
+``Classifier`` + that loss, one ``tlutils.adapt.DomainAdaptation``) and :func:`train_dann`. The recipe,
+schedules and the adaptation step shared with DAN are in ``tlutils.adapt``; the network (``ganin_cnn``) in
+``tlutils.models``; the experiments of chapters 04-05 in ``tlutils.adapt_runs``.
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tlutils.adapt import Recipe, TargetBatches, domain_features, dynamic_weight, fit_recipe
+from tlutils.adapt import WEIGHTINGS, AdaptationBatch, AdaptationWeight, DomainAdaptation, Recipe, fit_adaptation
 from tlutils.models import Classifier, mlp
-from tlutils.schedules import ramp
 from tlutils.train import History
 
 # ----------------------------------------------------------------------------- gradient reversal
@@ -48,6 +48,7 @@ def grad_reverse(x: torch.Tensor, lambda_: float = 1.0) -> torch.Tensor:
     """Gradient reversal: returns ``x`` unchanged; on the way back the gradient becomes ``-lambda_ * grad``.
 
     ``lambda_`` is a number (a 0-d tensor is read as its value); it never receives a gradient.
+    Taught in chapter 04, section 1 (``notebooks/04_dann.ipynb``), which writes it out by hand.
     """
     if isinstance(lambda_, torch.Tensor):
         if lambda_.numel() != 1:
@@ -83,33 +84,20 @@ def domain_classifier(in_features: int, hidden: tuple[int, ...] = (100,)) -> nn.
     return mlp(in_features, 1, hidden)
 
 
-class DANN(nn.Module):
-    """A ``Classifier`` (``G_f`` = its backbone, ``G_y`` = its head) plus a domain head ``G_d`` behind a GRL.
+class DomainAdversarialLoss(nn.Module):
+    """DANN's transfer loss: ``BCE(G_d(GRL_lambda([f_s; f_t])), [0; 1])`` with ``lambda = weight(batch)``.
 
-    ``forward`` returns class logits, so ``evaluate``/``predict`` work unchanged; ``features`` is the
-    backbone's output. Works with any backbone from ``tlutils.models`` (it needs ``out_features``).
+    The GRL supplies the minus sign for the features, so the loss has none (never negate twice) and is added to
+    the cross-entropy with weight 1: ``lambda`` scales only the reversed gradient. Logs ``domain_loss``,
+    ``domain_acc`` (0.5 is chance: the features fool the domain head) and ``lambda``.
+    Chapter 04, section 4 ("One DANN run") shows this source next to the run that uses it.
     """
 
-    def __init__(
-        self, classifier: Classifier, domain_head: nn.Module | None = None, hidden: tuple[int, ...] = (100,)
-    ):
+    def __init__(self, domain_head: nn.Module, weight: AdaptationWeight = AdaptationWeight()):
         super().__init__()
-        if domain_head is None:
-            width = getattr(classifier.backbone, "out_features", None)
-            if width is None:
-                raise ValueError(
-                    "the classifier's backbone has no `out_features`; pass domain_head= explicitly"
-                )
-            domain_head = domain_classifier(int(width), hidden)
-        self.classifier = classifier
         self.domain_head = domain_head
         self.grl = GradientReversal(0.0)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier.features(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(x)
+        self.weight = weight
 
     def domain_logits(self, features: torch.Tensor, lambda_: float | None = None) -> torch.Tensor:
         """Domain logits (target = 1) of ``features`` through the GRL (``lambda_`` updates ``self.grl``)."""
@@ -117,71 +105,54 @@ class DANN(nn.Module):
             self.grl.lambda_ = float(lambda_)
         return self.domain_head(self.grl(features)).squeeze(1)
 
+    def forward(self, batch: AdaptationBatch) -> tuple[torch.Tensor, dict]:
+        lam = self.weight(batch)
+        fs, ft = batch.source_features, batch.target_features
+        dom_logits = self.domain_logits(torch.cat([fs, ft]), lam).float()
+        dom_y = torch.cat([torch.zeros(len(fs)), torch.ones(len(ft))]).to(dom_logits.device)
+        domain_loss = F.binary_cross_entropy_with_logits(dom_logits, dom_y)
+        with torch.no_grad():
+            domain_acc = ((dom_logits > 0).float() == dom_y).float().mean()
+        return domain_loss, {"domain_loss": domain_loss.detach(), "domain_acc": domain_acc, "lambda": lam}
 
-# ----------------------------------------------------------------------------- the training step
 
-WEIGHTINGS = ("progress", "dynamic")
+class DANN(DomainAdaptation):
+    """A ``Classifier`` (``G_f`` = its backbone, ``G_y`` = its head) plus a :class:`DomainAdversarialLoss`
+    (domain head ``G_d`` behind a GRL): a :class:`tlutils.adapt.DomainAdaptation`.
 
-
-class DANNStep:
-    """``step_fn`` for ``tlutils.train.fit``: the batch ``fit`` gives is the labelled source half; this
-    step draws an equal-sized unlabelled target half itself (seeded, endless shuffling).
-
-    loss = CE(G_y(G_f(x_s)), y_s) + BCE(G_d(GRL_lambda([G_f(x_s); G_f(x_t)])), [0; 1]). The GRL supplies the
-    minus sign for the features, so the loss has none (never negate twice). ``weighting="progress"`` (the
-    paper): ``lambda = lambda_max * ramp(p, gamma, delay)``; ``"dynamic"``: ``lambda = lambda_max *
-    dynamic_weight(f_s, f_t)`` (a tutorial recipe, >= 0.5 from the first step). ``per_domain``: source and
-    target are forwarded separately (each normalised by its own BatchNorm statistics). Logs ``label_loss``,
-    ``domain_loss``, ``domain_acc`` (0.5 is chance: the features fool the domain head), source ``acc`` and
-    ``lambda``.
+    ``forward(x)`` returns class logits, so ``evaluate``/``predict`` work unchanged; ``forward(xs, xt, p)`` is
+    one adaptation step's forward. Works with any backbone from ``tlutils.models`` (it needs ``out_features``).
     """
 
     def __init__(
         self,
-        target,
+        classifier: Classifier,
+        domain_head: nn.Module | None = None,
+        hidden: tuple[int, ...] = (100,),
         *,
-        gamma: float = 10.0,
-        lambda_max: float = 1.0,
-        delay: float = 0.0,
+        weight: AdaptationWeight = AdaptationWeight(),
         per_domain: bool = True,
-        weighting: str = "progress",
-        seed: int = 0,
     ):
-        if weighting not in WEIGHTINGS:
-            raise ValueError(f"unknown weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
-        self.target = TargetBatches(target, seed)
-        self.gamma, self.lambda_max, self.delay = gamma, lambda_max, delay
-        self.per_domain, self.weighting = per_domain, weighting
+        if domain_head is None:
+            width = getattr(classifier.backbone, "out_features", None)
+            if width is None:
+                raise ValueError(
+                    "the classifier's backbone has no `out_features`; pass domain_head= explicitly"
+                )
+            domain_head = domain_classifier(int(width), hidden)
+        super().__init__(classifier, DomainAdversarialLoss(domain_head, weight), per_domain)
 
-    def __call__(self, model: DANN, batch, state) -> dict:
-        if not isinstance(model, DANN):
-            raise TypeError(
-                f"DANNStep trains a tlutils.dann.DANN model (classifier + domain head), "
-                f"got {type(model).__name__}; wrap it: DANN(classifier)"
-            )
-        xs, ys = batch
-        xt = self.target.next_like(xs)
-        fs, ft = domain_features(model, xs, xt, self.per_domain)
-        logits = model.classifier.head(fs)
-        label_loss = F.cross_entropy(logits, ys)
-        if self.weighting == "progress":
-            lam = self.lambda_max * ramp(state.progress, self.gamma, self.delay)
-        else:
-            lam = self.lambda_max * dynamic_weight(fs, ft)
-        dom_logits = model.domain_logits(torch.cat([fs, ft]), lam).float()
-        dom_y = torch.cat([torch.zeros(len(xs)), torch.ones(len(xt))]).to(dom_logits.device)
-        domain_loss = F.binary_cross_entropy_with_logits(dom_logits, dom_y)
-        with torch.no_grad():
-            acc = (logits.argmax(1) == ys).float().mean()
-            domain_acc = ((dom_logits > 0).float() == dom_y).float().mean()
-        return {
-            "loss": label_loss + domain_loss,
-            "label_loss": label_loss.detach(),
-            "domain_loss": domain_loss.detach(),
-            "domain_acc": domain_acc,
-            "acc": acc,
-            "lambda": lam,
-        }
+    @property
+    def domain_head(self) -> nn.Module:
+        return self.transfer.domain_head
+
+    @property
+    def grl(self) -> GradientReversal:
+        return self.transfer.grl
+
+    def domain_logits(self, features: torch.Tensor, lambda_: float | None = None) -> torch.Tensor:
+        """Domain logits (target = 1) of ``features`` through the GRL (``lambda_`` updates the GRL)."""
+        return self.transfer.domain_logits(features, lambda_)
 
 
 def train_dann(
@@ -197,11 +168,20 @@ def train_dann(
     progress: bool | None = None,
     val=None,
 ) -> History:
-    """Train a :class:`DANN` on labelled ``source`` and unlabelled ``target`` under ``recipe``."""
-    step = DANNStep(target, gamma=recipe.gamma, lambda_max=recipe.lambda_max, delay=recipe.delay,
-                    per_domain=recipe.per_domain, weighting=weighting, seed=seed + 1)
-    return fit_recipe(model, source, recipe, step_fn=step, seed=seed, device=device, amp=amp, progress=progress,
-                      val=val, desc="DANN")
+    """Train a :class:`DANN` on labelled ``source`` and unlabelled ``target`` under ``recipe``.
+
+    The recipe sets the model's schedule (``lambda = lambda_max * ramp(p, gamma, delay)``, or
+    ``lambda_max * dynamic_weight(f_s, f_t)`` for ``weighting="dynamic"``) and ``per_domain``.
+    Chapter 04, section 4 ("One DANN run") calls it once; section 5 over seeds.
+    """
+    if not isinstance(model, DANN):
+        raise TypeError(f"train_dann trains a tlutils.dann.DANN model (classifier + domain head), "
+                        f"got {type(model).__name__}; wrap it: DANN(classifier)")
+    model.transfer.weight = AdaptationWeight(recipe.lambda_max, recipe.gamma, recipe.delay, weighting)
+    model.per_domain = recipe.per_domain
+    return fit_adaptation(model, source, target, recipe, seed=seed, device=device, amp=amp, progress=progress,
+                          val=val, desc="DANN")
 
 
-__all__ = ["DANN", "DANNStep", "GradientReversal", "WEIGHTINGS", "domain_classifier", "grad_reverse", "train_dann"]
+__all__ = ["DANN", "WEIGHTINGS", "DomainAdversarialLoss", "GradientReversal", "domain_classifier", "grad_reverse",
+           "train_dann"]

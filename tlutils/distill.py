@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from tlutils.finetune import StrategyRecipe, tile
 from tlutils.models import Classifier, make_head, resnet_small
 from tlutils.schedules import LRSchedule, one_cycle
-from tlutils.train import fit, predict
+from tlutils.train import Stream, fit, predict
 
 UNLABELLED = -1
 """Label of an example whose class the student may not see (it only gets the teacher's outputs)."""
@@ -65,6 +65,7 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor | Non
     """Hinton et al.'s loss: ``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels)``.
 
     ``labels=None`` (or all ``UNLABELLED``) leaves the soft term only. ``alpha=0`` is plain cross-entropy.
+    Chapter 07, section 1 (``notebooks/07_distillation_multitask.ipynb``, "One distillation run") shows this source.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -113,15 +114,16 @@ def repeat_to(n: int, *tensors: Tensor) -> tuple[Tensor, ...]:
 
 
 class DistilStep:
-    """``step_fn`` for ``fit``: the batch is ``(images, rows)``; ``rows`` index ``teacher_logits`` and ``labels``."""
+    """``step_fn`` for ``fit``: the batch is ``(images, teacher_logits, labels)``; ``kd_loss`` at ``T``, ``alpha``.
 
-    def __init__(self, teacher_logits: Tensor, labels: Tensor, *, T: float, alpha: float):
-        self.teacher_logits, self.labels, self.T, self.alpha = teacher_logits, labels, T, alpha
+    Chapter 07, section 1 ("One distillation run") shows this source.
+    """
+
+    def __init__(self, *, T: float, alpha: float):
+        self.T, self.alpha = T, alpha
 
     def __call__(self, model: nn.Module, batch, state) -> dict:
-        x, rows = batch
-        z_teacher = self.teacher_logits.to(x.device)[rows]
-        y = self.labels.to(x.device)[rows]
+        x, z_teacher, y = batch
         z = model(x)
         loss = kd_loss(z.float(), z_teacher.float(), y, T=self.T, alpha=self.alpha)
         with torch.no_grad():
@@ -136,15 +138,16 @@ def distil(student: nn.Module, x: Tensor, teacher_logits: Tensor, labels: Tensor
 
     ``teacher_logits`` and ``labels`` (``UNLABELLED`` where unknown) have one row per image. ``alpha=0``
     trains on the labels only, ignoring the teacher. The number of steps is ``epochs * len(x) // batch_size``.
+    Chapter 07, section 1 ("One distillation run") calls it once.
     """
     if not len(x) == len(teacher_logits) == len(labels):
         raise ValueError(f"x, teacher_logits and labels need one row per image: {len(x)}, "
                          f"{len(teacher_logits)}, {len(labels)}")
     torch.manual_seed(seed)
-    rows = torch.arange(len(x), device=x.device)
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=1e-4)
-    return fit(student, (x, rows), epochs=epochs, optimizer=opt, callbacks=[LRSchedule(one_cycle)],
-               batch_size=batch_size, step_fn=DistilStep(teacher_logits, labels, T=T, alpha=alpha),
+    data = (x, teacher_logits.to(x.device), labels.to(x.device))
+    return fit(student, data, epochs=epochs, optimizer=opt, callbacks=[LRSchedule(one_cycle)],
+               batch_size=batch_size, step_fn=DistilStep(T=T, alpha=alpha),
                device=device, seed=seed, progress=progress, desc=f"distil T={T} alpha={alpha}")
 
 
@@ -165,7 +168,13 @@ def inference_ms(model: nn.Module, x: Tensor, *, repeats: int = 5) -> float:
 
 
 class MultiHead(nn.Module):
-    """A shared ``backbone`` and one head per task; ``forward(x, task)`` gives that task's logits."""
+    """A shared ``backbone`` and one head per task.
+
+    ``forward(x, task)`` gives that task's logits. ``forward(x, ("target", "source"))`` gives a tuple of logits,
+    one per task, all from one backbone pass; with ``sizes`` the backbone's output is split into consecutive
+    chunks, one per task (a multi-task step's batches go through the backbone together). One forward per step
+    is what lets DDP synchronise every head's gradient.
+    """
 
     def __init__(self, backbone: nn.Module, heads: dict[str, nn.Module], default: str = "target"):
         super().__init__()
@@ -173,8 +182,15 @@ class MultiHead(nn.Module):
         self.heads = nn.ModuleDict(heads)
         self.default = default
 
-    def forward(self, x: Tensor, task: str | None = None) -> Tensor:
-        return self.heads[task or self.default](self.backbone(x))
+    def forward(self, x: Tensor, task: str | tuple[str, ...] | None = None,
+                sizes: tuple[int, ...] | None = None) -> Tensor | tuple[Tensor, ...]:
+        if task is None or isinstance(task, str):
+            return self.heads[task or self.default](self.backbone(x))
+        feats = self.backbone(x)
+        parts = feats.split(list(sizes)) if sizes is not None else [feats] * len(task)
+        if len(parts) != len(task):
+            raise ValueError(f"sizes {sizes} split the batch into {len(parts)} parts for {len(task)} tasks")
+        return tuple(self.heads[t](f) for t, f in zip(task, parts, strict=True))
 
     def classifier(self, task: str) -> Classifier:
         """A ``Classifier`` view (shared weights, no copy) of one task, for ``evaluate`` / ``accuracy``."""
@@ -190,44 +206,41 @@ def two_task_model(source: Classifier, num_classes: int, seed: int = 0) -> Multi
 
 
 class MultiTaskStep:
-    """``step_fn``: the batch is target ``(x, y)``; the step adds an equal-sized source batch of its own.
+    """``step_fn`` on the streams ``{"target": (x, y), "source": (x, y)}`` (source drawn with replacement).
 
     loss = CE(target head, y_target) + weight * CE(source head, y_source). Both batches go through the
-    backbone together, so batch norm sees (and keeps statistics of) both domains.
+    backbone together (one forward of the model), so batch norm sees (and keeps statistics of) both domains.
     """
 
-    def __init__(self, source_x: Tensor, source_y: Tensor, *, weight: float = 1.0, seed: int = 0):
-        self.source_x, self.source_y, self.weight = source_x, source_y, weight
-        self.gen = torch.Generator().manual_seed(seed)
+    def __init__(self, *, weight: float = 1.0):
+        self.weight = weight
 
-    def __call__(self, model: MultiHead, batch, state) -> dict:
-        x_t, y_t = batch
-        if self.source_x.device != x_t.device:
-            self.source_x, self.source_y = self.source_x.to(x_t.device), self.source_y.to(x_t.device)
-        pick = torch.randint(len(self.source_x), (len(x_t),), generator=self.gen).to(x_t.device)
-        x_s, y_s = self.source_x[pick], self.source_y[pick]
-        feats = model.backbone(torch.cat([x_t, x_s]))
-        target_loss = F.cross_entropy(model.heads["target"](feats[: len(x_t)]).float(), y_t)
-        source_loss = F.cross_entropy(model.heads["source"](feats[len(x_t):]).float(), y_s)
+    def __call__(self, model: MultiHead, batch: dict, state) -> dict:
+        (x_t, y_t), (x_s, y_s) = batch["target"], batch["source"]
+        z_t, z_s = model(torch.cat([x_t, x_s]), ("target", "source"), (len(x_t), len(x_s)))
+        target_loss = F.cross_entropy(z_t.float(), y_t)
+        source_loss = F.cross_entropy(z_s.float(), y_s)
         return {"loss": target_loss + self.weight * source_loss, "target_loss": target_loss.detach(),
                 "source_loss": source_loss.detach()}
 
 
 class LwFStep:
-    """``step_fn``: the batch is ``(x, rows)`` of target images; ``rows`` index ``labels`` and ``old_logits``.
+    """``step_fn``: the batch is ``(x, y, old_logits)`` of target images, ``old_logits`` the source head's
+    outputs on them recorded before fine-tuning started.
 
-    loss = CE(target head, y) + weight * T^2 * KL(old_T || source head_T) on the same target images,
-    where ``old_logits`` are the source head's outputs recorded before fine-tuning started.
+    loss = CE(target head, y) + weight * T^2 * KL(old_T || source head_T) on the same target images (both heads
+    in one forward of the model).
+    Chapter 07, section 3 ("One LwF run") shows this source; its "under the hood" cell writes one step by hand.
     """
 
-    def __init__(self, labels: Tensor, old_logits: Tensor, *, T: float = 2.0, weight: float = 1.0):
-        self.labels, self.old_logits, self.T, self.weight = labels, old_logits, T, weight
+    def __init__(self, *, T: float = 2.0, weight: float = 1.0):
+        self.T, self.weight = T, weight
 
     def __call__(self, model: MultiHead, batch, state) -> dict:
-        x, rows = batch
-        feats = model.backbone(x)
-        new_loss = F.cross_entropy(model.heads["target"](feats).float(), self.labels.to(x.device)[rows])
-        old_loss = distillation_term(model.heads["source"](feats).float(), self.old_logits.to(x.device)[rows], self.T)
+        x, y, old_logits = batch
+        z_new, z_old = model(x, ("target", "source"))
+        new_loss = F.cross_entropy(z_new.float(), y)
+        old_loss = distillation_term(z_old.float(), old_logits, self.T)
         return {"loss": new_loss + self.weight * old_loss, "target_loss": new_loss.detach(),
                 "old_task_loss": old_loss.detach()}
 
@@ -248,8 +261,8 @@ def multitask(source: Classifier, target, source_train, *, recipe: StrategyRecip
     """
     model = two_task_model(source, target.num_classes, seed)
     x, y = tile((target.x, target.y), recipe.min_epoch)
-    step = MultiTaskStep(source_train.x, source_train.y, weight=weight, seed=seed)
-    _fit_recipe(model, (x, y), step, recipe, seed, device, "multi-task")
+    streams = {"target": (x, y), "source": Stream((source_train.x, source_train.y), replacement=True, seed=seed)}
+    _fit_recipe(model, streams, MultiTaskStep(weight=weight), recipe, seed, device, "multi-task")
     return model
 
 
@@ -259,11 +272,12 @@ def learning_without_forgetting(source: Classifier, target, *, recipe: StrategyR
 
     No source images are needed: the old head's logits on the target images, recorded before training,
     are the distillation targets. Same steps and rates as chapter 02's fine-tuning (``recipe``).
+    Chapter 07, section 3 ("One LwF run") calls it once.
     """
     model = two_task_model(source, target.num_classes, seed)
     old_logits = predict(model.classifier("source"), target, device=device)
     rows = torch.arange(len(target), device=target.x.device)
     x, rows = tile((target.x, rows), recipe.min_epoch)
-    step = LwFStep(target.y, old_logits, T=T, weight=weight)
-    _fit_recipe(model, (x, rows), step, recipe, seed, device, "LwF")
+    data = (x, target.y.to(x.device)[rows], old_logits.to(x.device)[rows])
+    _fit_recipe(model, data, LwFStep(T=T, weight=weight), recipe, seed, device, "LwF")
     return model

@@ -61,11 +61,15 @@ def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def shard(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's share of a global batch (every rank cut the same batch from the same permutation)."""
+def shard(batch):
+    """This rank's share of a global batch (every rank cut the same batch from the same permutation): every
+    ``world``-th row of each tensor of a tuple of any arity (or of one tensor), as ``DistributedSampler`` does."""
     rank, world = dist_info()
-    x, y = batch
-    return (x, y) if world == 1 else (x[rank::world], y[rank::world])
+    if world == 1:
+        return batch
+    if isinstance(batch, torch.Tensor):
+        return batch[rank::world]
+    return tuple(t[rank::world] for t in batch)
 
 
 def all_reduce_sums(sums: dict[str, torch.Tensor], seen: int, device: torch.device) -> tuple[dict, int]:

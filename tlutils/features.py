@@ -225,6 +225,7 @@ def train_linear_head(train, *, num_classes: int | None = None, epochs: int = 10
 
     ``train`` is a ``Features`` or an ``(x, y)`` tuple. The head takes the backbone's raw features,
     so ``Classifier(backbone, head)`` is the frozen-backbone model. Returns ``(head, History)``.
+    Introduced in chapter 01, section 2 (one linear probe, visibly).
     """
     x, y = as_tensors(train)
     if x.dim() != 2:

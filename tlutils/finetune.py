@@ -152,7 +152,8 @@ def reinitialise(module: nn.Module) -> nn.Module:
 def discriminative_lrs(model: nn.Module, lr: float, factor: float = ULMFIT_FACTOR,
                        order: Sequence[str] | None = None) -> dict[str, float]:
     """Learning rate per part: ``lr`` for the first of ``order`` (default top-down: head, stage4, ..., stem),
-    ``lr / factor**k`` for the k-th below it. ``factor=1`` gives every part the same rate."""
+    ``lr / factor**k`` for the k-th below it. ``factor=1`` gives every part the same rate.
+    Introduced in chapter 03, section 1."""
     if lr <= 0 or factor <= 0:
         raise ValueError(f"lr and factor must be positive, got lr={lr}, factor={factor}")
     order = _select(model, order, part_names(model)[::-1])
@@ -197,6 +198,7 @@ class GradualUnfreezing:
     as new groups with their discriminative rate (``lr / factor**k``); an optimizer built with
     ``discriminative_groups`` already holds them all. ``records`` (one row per epoch: which parts
     train and each group's rate) and ``lr_trace`` (per step, 0 for frozen parts) feed the plots.
+    Introduced in chapter 03, section 2.
     """
 
     def __init__(self, order: Sequence[str] | None = None, every: int = 1, lr: float | None = None,
@@ -253,6 +255,7 @@ def staged_unfreezing(model: nn.Module, train, *, epochs: int, lr: float = 1e-3,
     """ULMFiT: discriminative rates + gradual unfreezing (+ one-cycle rates); returns ``(History, GradualUnfreezing)``.
 
     ``fit_kwargs`` go to ``fit`` (``val``, ``batch_size``, ``device``, ``seed``, ``callbacks``...).
+    Introduced in chapter 03, section 2 (the visible staged run).
     """
     schedule_cb = GradualUnfreezing(order=order, every=every, lr=lr, factor=factor)
     opt = torch.optim.AdamW(discriminative_groups(model, lr, factor, order), lr=lr, weight_decay=weight_decay)
@@ -331,6 +334,7 @@ def tile(data, min_size: int):
 def fit_one_cycle(model: nn.Module, train, groups: list[dict], *, epochs: int, weight_decay: float = 1e-4,
                   **fit_kwargs) -> History:
     """``fit`` with AdamW over the parameter ``groups`` (each with its own ``lr``) on a ``one_cycle`` schedule.
-    ``fit_kwargs`` go to ``fit`` (``batch_size``, ``device``, ``seed``, ``augment``...)."""
+    ``fit_kwargs`` go to ``fit`` (``batch_size``, ``device``, ``seed``, ``augment``...).
+    Introduced in chapter 02, section 1 (one fine-tuning run, visibly)."""
     opt = torch.optim.AdamW(groups, weight_decay=weight_decay)
     return fit(model, train, epochs=epochs, optimizer=opt, callbacks=[LRSchedule(one_cycle)], **fit_kwargs)

@@ -37,6 +37,7 @@ from torch.func import functional_call, grad, vmap
 
 from tlutils.config import smoke_cap
 from tlutils.data.episodes import TaskBatch
+from tlutils.distributed import dist_info
 from tlutils.models import mlp
 from tlutils.train import History, LoopProgress, autocast_for, default_amp
 
@@ -148,6 +149,7 @@ def adapt(
     Differentiable: called inside ``torch.func.grad`` the outer gradient flows through every step
     (second order, as with ``create_graph=True``). ``first_order=True`` treats the inner gradients
     as constants (FOMAML). Parameters left out of ``params`` stay fixed at the model's values.
+    Introduced in chapter 06, section 2.
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
@@ -272,6 +274,10 @@ def meta_train(
     ``snapshot_at`` lists meta-step counts (0 = the initialisation) at which a copy of the parameters goes into
     ``history.snapshots[count]``, so one run gives accuracy against meta-training length.
     """
+    if dist_info()[1] > 1:
+        raise RuntimeError("meta_train runs in one process: its inner loop calls the model functionally "
+                           "(torch.func) outside DDP's forward, so gradients would not be synchronised; "
+                           "run MAML without torchrun")
     check_batch_stats(model)
     gen = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=meta_lr)

@@ -223,7 +223,7 @@ def mmd2(
 
     ``kernel``: a ``GaussianKernel`` (default: one Gaussian, median bandwidth of the pooled sample), or
     a float bandwidth sigma. ``estimator``: "unbiased" (U-statistic), "biased" (V-statistic) or
-    "linear" (O(n), needs n == m).
+    "linear" (O(n), needs n == m). Introduced in chapter 05, section 1 (``notebooks/05_mmd.ipynb``).
     """
     x, y = _check_pair(x, y, estimator)
     k = _kernel(kernel)
@@ -330,6 +330,7 @@ class MMDLoss(nn.Module):
 
     Default: the DAN multi-kernel (``multi_kernel()``, bandwidths from the pooled batch, detached) and
     the unbiased estimator. With ``estimator="linear"`` unequal batches are cut to the smaller size.
+    Chapter 05, section 4 (``notebooks/05_mmd.ipynb``, "One DAN run") trains with it and shows this source.
     """
 
     def __init__(self, kernel: GaussianKernel | None = None, estimator: str = "unbiased") -> None:

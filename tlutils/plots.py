@@ -41,6 +41,27 @@ def plot_history(history, keys: Iterable[str] | None = None, ax=None, title: str
     return ax
 
 
+def plot_unfreezing(schedule, parts: Sequence[str], axes=None):
+    """A ``GradualUnfreezing`` run (chapter 03, section 2): which of ``parts`` train in which epoch (left) and each
+    part's learning rate per optimizer step, blank while frozen (right). Returns the two axes."""
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    ax1, ax2 = axes
+    grid = np.array([[1.0 if p in r["trainable"] else 0.0 for r in schedule.records] for p in parts])
+    ax1.imshow(grid, cmap="Greens", aspect="auto", vmin=0, vmax=1.3)
+    ax1.set(yticks=range(len(parts)), yticklabels=list(parts), xticks=range(grid.shape[1]), xlabel="epoch",
+            ylabel="part (top of network first)", title="which parts train in which epoch (green = trainable)")
+    steps = [t["step"] for t in schedule.lr_trace]
+    for p in parts:
+        ax2.plot(steps, [t[p] if t[p] > 0 else np.nan for t in schedule.lr_trace], label=p)
+    ax2.set(yscale="log", xlabel="optimizer step", ylabel="learning rate (log scale)",
+            title="each group's learning rate (blank while frozen)")
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=8, ncol=2)
+    ax1.figure.tight_layout()
+    return ax1, ax2
+
+
 @functools.cache
 def _font_codepoints() -> frozenset[int]:
     """Code points the default matplotlib font can draw."""
@@ -232,3 +253,67 @@ def show_table(rows: Sequence[dict], columns: Sequence[str] | None = None, float
     except ImportError:
         pass
     print(text)
+
+
+def moving_average(values: Sequence[float], window: int) -> np.ndarray:
+    """Mean over each run of ``window`` consecutive values (``len(values) - window + 1`` of them)."""
+    window = max(1, min(int(window), len(values)))
+    return np.convolve(np.asarray(values, dtype=float), np.ones(window) / window, mode="valid")
+
+
+def plot_adaptation_run(history, *, window: int = 25, axes=None, title: str = "one run"):
+    """The batch-by-batch curves of one adaptation run (chapter 04's DANN, chapter 05's DAN) on three axes.
+
+    Left: every logged loss but the total (e.g. ``label_loss`` and ``domain_loss``, or ``mmd``), with ln 2 when a
+    domain loss is there (a domain classifier at chance); middle: every logged accuracy (source ``acc``, the
+    domain classifier's ``domain_acc``) with 0.5; right: the adaptation weight ``lambda`` as used. Curves are moving
+    averages over ``window`` batches (fewer in a very short run). Returns the three axes.
+    """
+    steps = np.asarray(history.column("step", per="step"))
+    if len(steps) == 0:
+        raise ValueError("the history has no per-step logs; pass the History a training function returned")
+    keys = sorted({k for r in history.steps for k in r})
+    k = max(1, min(window, len(steps) // 4))
+    if axes is None:
+        _, axes = plt.subplots(1, 3, figsize=(13, 3.2))
+    losses = [key for key in keys if key != "loss" and (key.endswith("loss") or key == "mmd")]
+    for key in losses:
+        axes[0].plot(steps[k - 1:], moving_average(history.column(key, per="step"), k), label=key)
+    if "domain_loss" in losses:
+        axes[0].axhline(np.log(2), ls="--", c="gray", label="ln 2 (domain chance)")
+    axes[0].set(xlabel="step", ylabel="loss", title=f"{title}: losses")
+    for key in (key for key in keys if key.endswith("acc")):
+        axes[1].plot(steps[k - 1:], moving_average(history.column(key, per="step"), k), label=key)
+    if "domain_acc" in keys:
+        axes[1].axhline(0.5, ls="--", c="gray", label="domain chance")
+    axes[1].set(xlabel="step", ylabel="batch accuracy", title=f"{title}: accuracies", ylim=(0.4, 1.02))
+    for key in (key for key in keys if key in ("lambda", "weight")):
+        axes[2].plot(steps, history.column(key, per="step"), label=f"{key} as used")
+    axes[2].set(xlabel="step", ylabel="adaptation weight", title=f"{title}: weight of the transfer loss")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    plt.tight_layout()
+    return axes
+
+
+def plot_steps(history, keys: Sequence[str], *, window: int = 25, ax=None, title: str = "training, batch by batch",
+               ylabel: str = "value"):
+    """Per-batch logs ``keys`` of a ``History`` against the step, as moving averages over ``window`` batches
+    (fewer in a very short run); the first view of a visible run (chapter 07's student, for instance)."""
+    ax = _axes(ax, figsize=(6, 3.4))
+    steps = np.asarray(history.column("step", per="step"))
+    if len(steps) == 0:
+        raise ValueError("the history has no per-step logs; pass the History a training function returned")
+    k = max(1, min(window, len(steps) // 4))
+    for key in keys:
+        values = history.column(key, per="step")
+        if not values:
+            logged = sorted({n for r in history.steps for n in r})
+            raise KeyError(f"{key!r} was never logged per step; logged: {logged}")
+        ax.plot(steps[k - 1:], moving_average(values, k), label=key)
+    ax.set(xlabel="step", ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax

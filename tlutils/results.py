@@ -112,3 +112,63 @@ def paired_difference(a, b, confidence: float = 0.95) -> dict:
     mean, sd = float(d.mean()), float(d.std(ddof=1))
     half = float(stats.t.ppf((1 + confidence) / 2, len(d) - 1) * sd / np.sqrt(len(d)))
     return {"mean": mean, "sd": sd, "n": len(d), "half_width": half, "low": mean - half, "high": mean + half}
+
+
+def paired_verdict(d: dict, a: str, b: str, unit: float = 100.0, units: str = "points") -> str:
+    """Read a :func:`paired_difference` of ``a - b``: "no detectable difference" when its interval holds 0,
+    else who is better and by how much (the mean difference times ``unit``, e.g. accuracy points)."""
+    if d["low"] <= 0 <= d["high"]:
+        return "no detectable difference"
+    winner = a if d["mean"] > 0 else b
+    return f"{winner} better by {abs(unit * d['mean']):.1f} {units}"
+
+
+def record_paired(name: str, d: dict) -> None:
+    """Record a :func:`paired_difference` as ``name`` (its mean) and ``name.ci95``, ``name.sd``, ``name.n``."""
+    record(name, d["mean"])
+    record(f"{name}.ci95", d["half_width"])
+    record(f"{name}.sd", d["sd"])
+    record(f"{name}.n", d["n"])
+
+
+def record_budget(rows, strategies=None, prefix: str = "target_acc") -> None:
+    """Record the mean of each ``budget_rows`` row as ``{prefix}.{strategy}.k{k}`` (only ``strategies`` if given)."""
+    for r in rows:
+        if strategies is None or r["strategy"] in strategies:
+            record(f"{prefix}.{r['strategy']}.k{r['k']}", r["mean"])
+
+
+def budget_table(rows, wide: bool = False, digits: int = 3) -> list[dict]:
+    """``budget_rows`` as table rows of ``"mean ± std"``: one per strategy and budget, or (``wide``) one per
+    strategy with a column per budget (``k=1``, ``k=5``...)."""
+    if not wide:
+        return [{"strategy": r["strategy"], "labels per class": r["k"],
+                 "test accuracy": f"{r['mean']:.{digits}f} ± {r['std']:.{digits}f}"} for r in rows]
+    table: dict[str, dict] = {}
+    for r in rows:
+        table.setdefault(r["strategy"], {"strategy": r["strategy"].replace("_", " ")})[f"k={r['k']}"] = \
+            f"{r['mean']:.{digits}f} ± {r['std']:.{digits}f}"
+    return list(table.values())
+
+
+def domain_game(history, window: int = 25) -> dict:
+    """How the domain game of one DANN run went, from its per-batch logs (chapter 04, section 4).
+
+    ``early`` / ``late``: the domain classifier's mean batch accuracy over the first / last tenth of training;
+    ``peak``: its highest moving average over ``window`` batches; ``late_loss``: its mean loss over the last tenth;
+    ``late_source_acc``: the label predictor's source batch accuracy over the last tenth; ``state``: a sentence
+    reading ``late`` (below 0.6: the features fool the classifier; above 0.75: they still give the domain away).
+    """
+    acc = np.asarray([r["domain_acc"] for r in history.steps if "domain_acc" in r], dtype=float)
+    if len(acc) == 0:
+        raise ValueError("no 'domain_acc' in the history's per-step logs: pass the History of a DANN run")
+    tenth = max(1, len(acc) // 10)
+    k = max(1, min(window, len(acc) // 4))
+    late = float(acc[-tenth:].mean())
+    state = ("close to chance: the features fool the domain classifier" if late < 0.6 else
+             "well above chance: the domain classifier still tells the domains apart, the features have not won "
+             "the game" if late > 0.75 else "between chance and certainty: the game is undecided")
+    tail = history.steps[-tenth:]
+    return {"early": float(acc[:tenth].mean()), "peak": float(np.convolve(acc, np.ones(k) / k, "valid").max()),
+            "late": late, "late_loss": float(np.mean([r["domain_loss"] for r in tail if "domain_loss" in r])),
+            "late_source_acc": float(np.mean([r["acc"] for r in tail if "acc" in r])), "state": state}

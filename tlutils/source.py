@@ -82,6 +82,7 @@ def pretrain_source(
 
     One-cycle learning rate (:func:`pretrain_schedule`: warm-up then cosine decay) with AdamW: the
     schedule that reaches a good source accuracy in few epochs, which is what the quick profile needs.
+    Introduced in chapter 00, section 3.
     """
     recipe = recipe or source_recipe(cfg)
     train, test = data or load_source_data(cfg, recipe)

@@ -215,28 +215,124 @@ def _default_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torc
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
+@dataclass(frozen=True)
+class Stream:
+    """One extra data stream of ``fit`` with explicit sampling (a bare Domain, tuple or tensor needs no wrapper).
+
+    ``replacement=True`` draws every batch independently with replacement (``torch.randint``) instead of walking
+    endless shuffled passes; ``seed`` overrides the stream's default seed (``fit``'s seed + its position).
+    """
+
+    data: object
+    replacement: bool = False
+    seed: int | None = None
+
+
+def stream_tensors(data) -> tuple[tuple[torch.Tensor, ...], bool] | None:
+    """The aligned tensors of one stream and whether it is a bare tensor; None for a DataLoader/iterable.
+
+    A Domain gives ``(x, y)``, a tuple/list of tensors itself (any arity, one row per example in each), a tensor
+    ``(t,)`` with ``bare=True`` (its batches are tensors, not tuples).
+    """
+    if isinstance(data, torch.Tensor):
+        return (data,), True
+    if hasattr(data, "x") and hasattr(data, "y"):
+        return (data.x, data.y), False
+    if isinstance(data, (tuple, list)) and data and all(isinstance(t, torch.Tensor) for t in data):
+        if len({len(t) for t in data}) != 1:
+            raise ValueError(f"the tensors of a stream differ in length: {[len(t) for t in data]}; "
+                             "give one row per example in each")
+        return tuple(data), False
+    if isinstance(data, torch.utils.data.DataLoader) or isinstance(data, Iterable):
+        return None
+    raise TypeError(f"expected a Domain, a tuple of tensors, a tensor or a DataLoader, got {type(data).__name__}")
+
+
+def infinite_batches(n: int, batch_size: int, seed: int = 0) -> Iterator[torch.Tensor]:
+    """Endless index batches over ``range(n)``: a new seeded permutation per pass (a batch may span two)."""
+    gen = torch.Generator().manual_seed(seed)
+    buffer = torch.empty(0, dtype=torch.long)
+    while True:
+        while len(buffer) < batch_size:
+            buffer = torch.cat([buffer, torch.randperm(n, generator=gen)])
+        yield buffer[:batch_size]
+        buffer = buffer[batch_size:]
+
+
+def _with_replacement(n: int, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        yield torch.randint(n, (batch_size,), generator=gen)
+
+
+class _EndlessStream:
+    """A stream besides the first: endless seeded index batches as large as the first stream's global batch."""
+
+    def __init__(self, name: str, data, seed: int, device: torch.device):
+        spec = data if isinstance(data, Stream) else Stream(data)
+        found = stream_tensors(spec.data)
+        if found is None:
+            raise TypeError(f"stream {name!r} must be a Domain, a tuple of tensors or a tensor (only the first "
+                            "stream, which defines the epoch, may be a DataLoader)")
+        tensors, self.bare = found
+        if len(tensors[0]) == 0:
+            raise ValueError(f"stream {name!r} is empty")
+        self.tensors = tuple(t.to(device, non_blocking=True) for t in tensors)
+        self.seed = seed if spec.seed is None else spec.seed
+        self.replacement = spec.replacement
+        self._indices: Iterator[torch.Tensor] | None = None
+        self._size = 0
+
+    def next(self, size: int):
+        """The next global batch of ``size`` examples, this rank's share of it."""
+        if self._indices is None or size != self._size:
+            draw = _with_replacement if self.replacement else infinite_batches
+            self._indices, self._size = draw(len(self.tensors[0]), size, self.seed), size
+        idx = next(self._indices).to(self.tensors[0].device)
+        batch = shard(tuple(t[idx] for t in self.tensors))
+        return batch[0] if self.bare else batch
+
+
+def _split_streams(train) -> tuple[str | None, object, dict]:
+    """``(first name, first stream, the others)``; a dict of streams must name at least one."""
+    if not isinstance(train, dict):
+        return None, train, {}
+    if not train:
+        raise ValueError("train is an empty dict; give at least one stream, e.g. {'source': domain}")
+    (name, first), *rest = train.items()
+    if isinstance(first, Stream):
+        raise TypeError(f"the first stream {name!r} defines the epoch and is walked in shuffled passes; "
+                        "pass its data without a Stream wrapper")
+    return name, first, dict(rest)
+
+
 def _batches_per_epoch(train, batch_size: int) -> tuple[int, bool]:
     """How many batches one epoch of ``fit`` takes, and whether the last partial batch is dropped."""
-    tensors = as_tensors(train)
-    if tensors is None:
+    found = stream_tensors(train)
+    if found is None:
         if dist_info()[1] > 1 and not isinstance(getattr(train, "sampler", None), DistributedSampler):
             raise ValueError("under torchrun a DataLoader needs a DistributedSampler (each rank its share); "
                              "or pass the data as tensors and fit shards every batch itself")
         return smoke_cap(len(train)), False
-    n = len(tensors[0])
+    n = len(found[0][0])
     drop_last = n > batch_size  # avoids size-1 batch-norm batches
     return smoke_cap(n // batch_size if drop_last else math.ceil(n / batch_size)), drop_last
 
 
-def _epoch_batches(train, x, y, batch_size: int, drop_last: bool, gen: torch.Generator, epoch: int,
-                   device: torch.device) -> Iterator[Batch]:
-    """This rank's batches of one epoch: shuffled tensors cut on the device, or a DataLoader's batches."""
-    if x is None:
+def _epoch_batches(train, tensors, batch_size: int, drop_last: bool, gen: torch.Generator, epoch: int,
+                   device: torch.device) -> Iterator[tuple[tuple, int]]:
+    """This rank's batches of one epoch with each global batch size: shuffled tensors cut on the device, or a
+    DataLoader's batches."""
+    world = dist_info()[1]
+    if tensors is None:
         if hasattr(train.sampler, "set_epoch"):
             train.sampler.set_epoch(epoch)
-        return ((bx.to(device, non_blocking=True), by.to(device, non_blocking=True)) for bx, by in train)
-    batches = tensor_batches(x, y, batch_size, shuffle=True, generator=gen, drop_last=drop_last)
-    return (shard(b) for b in batches)
+        return ((tuple(t.to(device, non_blocking=True) for t in b), len(b[0]) * world) for b in train)
+    n = len(tensors[0])
+    order = torch.randperm(n, generator=gen).to(device)
+    stop = n - n % batch_size if (drop_last and n >= batch_size) else n
+    return ((shard(tuple(t[idx] for t in tensors)), len(idx))
+            for idx in (order[i : i + batch_size] for i in range(0, stop, batch_size)))
 
 
 def _backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler) -> None:
@@ -292,8 +388,16 @@ def fit(
     ``tlutils.augment.affine_jitter()``) transforms each training batch on the device, fresh every step;
     ``val`` (and ``evaluate``/``predict``) always see the unaugmented data. ``seed`` fixes the batch
     order (default: drawn from torch's global generator, seeded by setup). On CUDA: autocast (``amp``)
-    and channels_last by default. Under torchrun the model is wrapped in DDP and ``batch_size`` is the
-    global batch (each rank takes its share).
+    and channels_last by default. Under torchrun the model is wrapped in DDP (re-wrapped when the set of
+    trainable parameters changes, e.g. by unfreezing) and ``batch_size`` is the global batch (each rank takes
+    its share); ``step_fn`` gets the wrapped model and must call it (not its submodules), or DDP syncs nothing.
+
+    Streams: ``train`` is a Domain (batches ``(x, y)``), a tuple of aligned tensors of any arity (batches of that
+    arity, e.g. ``(x, teacher_logits, labels)``), a tensor (tensor batches) or a DataLoader; or a dict of such
+    named streams, e.g. ``{"source": source, "target": target.x}``, and ``step_fn`` then gets a dict of batches.
+    The first stream defines the epoch; every other stream is an endless shuffle seeded once (``seed`` + its
+    position, or :class:`Stream`'s ``seed``), cut as batches as large as the first stream's global batch and
+    sharded by rank like the first. ``augment`` and the example counts apply to the first stream's first tensor.
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
@@ -301,20 +405,27 @@ def fit(
     amp = default_amp(device) if amp is None else amp
     channels_last = device.type == "cuda" if channels_last is None else channels_last
     model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
-    net = wrap_model(model, device)
+    world = dist_info()[1]
+    net, wrapped_for = wrap_model(model, device), _trainable(model)
     optimizer = optimizer or _default_optimizer(model, lr, weight_decay)
     step_fn = step_fn or supervised_step
     autocast, scaler = autocast_for(device, amp)
     callbacks = list(callbacks)
-    tensors = as_tensors(train)
-    x_all, y_all = (t.to(device, non_blocking=True) for t in tensors) if tensors is not None else (None, None)
-    per_epoch, drop_last = _batches_per_epoch(train, batch_size)
+    first_name, first, others = _split_streams(train)
+    found = stream_tensors(first)
+    tensors = tuple(t.to(device, non_blocking=True) for t in found[0]) if found is not None else None
+    bare = found is not None and found[1]
+    per_epoch, drop_last = _batches_per_epoch(first, batch_size)
     if seed is None:  # every rank draws the same seed from its (identically seeded) global generator
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
     gen = torch.Generator().manual_seed(seed)
+    streams = {name: _EndlessStream(name, data, seed + i, device) for i, (name, data) in enumerate(others.items(), 1)}
     history = History()
     state = FitState(model, optimizer, epochs, epochs * per_epoch, device, history)
     bar = LoopProgress(history, epochs, desc, progress)
+
+    def prepare(t):  # channels_last for image batches (a no-op elsewhere)
+        return t.contiguous(memory_format=torch.channels_last) if channels_last and t.dim() == 4 else t
 
     _call(callbacks, "on_fit_start", state)
     for epoch in range(epochs):
@@ -324,16 +435,20 @@ def fit(
         sums: dict[str, torch.Tensor] = {}
         seen = 0
         first_step = len(history.steps)
-        batches = _epoch_batches(train, x_all, y_all, batch_size, drop_last, gen, epoch, device)
-        for x, y in itertools.islice(batches, per_epoch):
+        batches = _epoch_batches(first, tensors, batch_size, drop_last, gen, epoch, device)
+        for batch, global_size in itertools.islice(batches, per_epoch):
+            x, *rest = batch
             if augment is not None:
                 with torch.no_grad():
                     x = augment(x)
-            if channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
+            batch = prepare(x) if bare else (prepare(x), *rest)
+            if streams:
+                batch = {first_name: batch, **{n: _map(prepare, s.next(global_size)) for n, s in streams.items()}}
             _call(callbacks, "on_batch_start", state)
+            if world > 1 and _trainable(model) != wrapped_for:  # DDP syncs only what was trainable when built
+                net, wrapped_for = wrap_model(model, device), _trainable(model)
             with autocast():
-                logs = step_fn(net, (x, y), state)
+                logs = step_fn(net, batch, state)
             _backward_step(logs["loss"], optimizer, scaler)
             state.step += 1
             # keep logs as detached tensors: converting to floats every step would sync the GPU
@@ -357,6 +472,14 @@ def fit(
     return history
 
 
+def _trainable(model: nn.Module) -> tuple[bool, ...]:
+    return tuple(p.requires_grad for p in model.parameters())
+
+
+def _map(fn, batch):
+    return fn(batch) if isinstance(batch, torch.Tensor) else tuple(fn(t) for t in batch)
+
+
 def _to_floats(rows: list[dict]) -> list[dict]:
     """Turn per-step rows of tensor logs into float rows with one device sync per key."""
     if not rows:
@@ -369,7 +492,58 @@ def _to_floats(rows: list[dict]) -> list[dict]:
 # ----------------------------------------------------------------------------- inference
 
 
+def _input_and_label_batches(data, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """``(x, y)`` per batch of ``data`` in ONE pass (``y`` None where the data has no labels).
+
+    Outputs and labels must come from the same pass: a shuffled DataLoader read twice pairs the outputs of one
+    order with the labels of another (and a wrong accuracy with no error).
+    """
+    tensors = as_tensors(data)
+    if tensors is not None:
+        yield from zip(tensors[0].split(batch_size), tensors[1].split(batch_size), strict=True)
+        return
+    for b in data:
+        if isinstance(b, torch.Tensor):
+            yield b, None
+        else:
+            yield b[0], (b[1] if len(b) > 1 else None)
+
+
 @torch.no_grad()
+def predict_with_labels(
+    model: nn.Module,
+    data,
+    *,
+    batch_size: int = 512,
+    device: str | torch.device | None = None,
+    amp: bool | None = None,
+    fn: Callable | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Model outputs (``fn(model, x)`` if given) and the labels read in the same pass, both on the CPU.
+
+    The labels are None when ``data`` has none.
+    """
+    device = get_device(device) if not isinstance(device, torch.device) else device
+    amp = default_amp(device) if amp is None else amp
+    autocast, _ = autocast_for(device, amp)
+    model.to(device)
+    was_training = model.training
+    model.eval()
+    outs, labels = [], []
+    for x, y in _input_and_label_batches(data, batch_size):
+        x = x.to(device, non_blocking=True)
+        with autocast():
+            out = fn(model, x) if fn is not None else model(x)
+        outs.append(out.float().cpu())
+        if y is not None:
+            labels.append(y.cpu())
+    model.train(was_training)
+    out = torch.cat(outs) if outs else torch.empty(0)
+    if len(labels) not in (0, len(outs)):
+        raise ValueError("some batches of the data carry labels and some do not; give every batch (x, y)")
+    return out, (torch.cat(labels) if labels else None)
+
+
 def predict(
     model: nn.Module,
     data,
@@ -380,23 +554,7 @@ def predict(
     fn: Callable | None = None,
 ) -> torch.Tensor:
     """Model outputs (``fn(model, x)`` if given, e.g. features) for all of ``data``, returned on the CPU."""
-    device = get_device(device) if not isinstance(device, torch.device) else device
-    amp = default_amp(device) if amp is None else amp
-    autocast, _ = autocast_for(device, amp)
-    model.to(device)
-    was_training = model.training
-    model.eval()
-    tensors = as_tensors(data)
-    xs = tensors[0].split(batch_size) if tensors is not None else (b[0] for b in data)
-    outs = []
-    for x in xs:
-        with autocast():
-            out = (
-                fn(model, x.to(device, non_blocking=True)) if fn is not None else model(x.to(device, non_blocking=True))
-            )
-        outs.append(out.float().cpu())
-    model.train(was_training)
-    return torch.cat(outs) if outs else torch.empty(0)
+    return predict_with_labels(model, data, batch_size=batch_size, device=device, amp=amp, fn=fn)[0]
 
 
 def predict_features(model: nn.Module, data, **kwargs) -> torch.Tensor:
@@ -418,9 +576,10 @@ def evaluate(
     amp: bool | None = None,
 ) -> dict[str, float]:
     """Mean loss and (for class labels) accuracy of ``model`` on ``data``, as fractions."""
-    out = predict(model, data, batch_size=batch_size, device=device, amp=amp)
-    tensors = as_tensors(data)
-    y = (tensors[1] if tensors is not None else torch.cat([b[1] for b in data])).cpu()
+    out, y = predict_with_labels(model, data, batch_size=batch_size, device=device, amp=amp)
+    if y is None:
+        raise ValueError("evaluate needs labelled data: a Domain, an (x, y) tuple or a DataLoader of (x, y) "
+                         "batches; use predict for inputs alone")
     result = {"loss": float(F.cross_entropy(out, y))}
     if out.dim() == 2 and not y.is_floating_point():
         result["acc"] = float((out.argmax(1) == y).float().mean())
