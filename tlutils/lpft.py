@@ -75,11 +75,12 @@ def prepare(method: str, model: nn.Module, recipe: PeftRecipe = PeftRecipe(), ra
 
 def train_peft(method: str, source_model: nn.Module, train, *, num_classes: int,
                recipe: PeftRecipe = PeftRecipe(), seed: int = 0, rank: int | None = None, lr: float | None = None,
-               device: str | torch.device | None = None, progress: bool | None = False):
+               val=None, device: str | torch.device | None = None, progress: bool | None = False):
     """Train ``method`` from ``source_model`` with a new head on ``train``; returns ``(model, history)``.
 
     Every method runs the same steps (``recipe.epochs`` epochs of ``recipe.min_epoch`` tiled examples) with
-    AdamW on a one-cycle schedule at its peak rate ``lr`` (default ``recipe.lr_<method>``).
+    AdamW on a one-cycle schedule at its peak rate ``lr`` (default ``recipe.lr_<method>``); ``val``, when given,
+    is scored after each epoch (the history's ``val_acc``). Introduced in chapter 08, section 1.
     """
     model = prepare(method, with_new_head(source_model, num_classes, seed=seed), recipe, rank)
     if device is not None:
@@ -87,7 +88,7 @@ def train_peft(method: str, source_model: nn.Module, train, *, num_classes: int,
     rate = lr if lr is not None else getattr(recipe, f"lr_{method}")
     history = fit_one_cycle(model, tile(train, recipe.min_epoch), [{"params": trainable_parameters(model), "lr": rate}],
                             epochs=recipe.epochs, weight_decay=recipe.weight_decay, batch_size=recipe.batch_size,
-                            seed=seed, device=device, progress=progress)
+                            val=val, seed=seed, device=device, progress=progress)
     return model.eval(), history
 
 
