@@ -93,6 +93,8 @@ def test_full_profile_smoke_run(tmp_path_factory):
     for metric in ("target_acc.cifar10.resnet18_finetune", "target_acc.folder.resnet18_finetune"):
         assert metric in results["02_full_fine_tuning"]
     assert "target_acc.cifar10.resnet50_staged" in results["03_staged_unfreezing"]
+    for method in ("head", "bitfit", "lora", "adapter", "full", "lpft"):
+        assert f"peft.cifar10.resnet18.acc.{method}" in results["08_lpft_peft"]
 
 
 def test_online_options_only_for_online_domains():

@@ -26,7 +26,7 @@ LORA_FACTORS = ("lora_A", "lora_B")
 
 
 class LoRA(nn.Module):
-    """A frozen ``nn.Linear`` or ``nn.Conv2d`` plus a trainable low-rank update (chapter 08, section 3).
+    """A frozen ``nn.Linear`` or ``nn.Conv2d`` plus a trainable low-rank update (chapter 08, section 1: read the code).
 
     The effective weight is ``W + (alpha / r) * (B @ A).view_as(W)``: ``A`` has shape ``(r, fan_in)`` and
     ``B`` ``(out, r)``, where ``fan_in`` is ``in_features`` (linear) or ``in_channels / groups * kh * kw``
