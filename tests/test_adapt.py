@@ -70,6 +70,26 @@ def test_adabn_sets_target_statistics_and_keeps_weights():
     torch.testing.assert_close(adabn(plain, target)(target), plain(target))
 
 
+def test_adabn_re_estimates_batch_norms_a_linear_probe_froze():
+    """A probe's backbone is frozen (``finetune.freeze``: its batch norms force eval mode before each forward);
+    AdaBN must still move their statistics, or a probe's "AdaBN" score is silently its source-statistics score."""
+    from tlutils.finetune import freeze
+
+    torch.manual_seed(0)
+    probe = ganin_cnn(10, batch_norm=True).eval()
+    freeze(probe)
+    target = torch.rand(64, 3, 32, 32) * 0.5 + 0.5
+    first_bn = next(m for m in probe.backbone.modules() if isinstance(m, nn.BatchNorm2d))
+    before = first_bn.running_mean.clone()
+    adapted = adabn(probe, target, batch_size=32)
+    bn = next(m for m in adapted.backbone.modules() if isinstance(m, nn.BatchNorm2d))
+    assert not torch.allclose(bn.running_mean, before), "the frozen batch norm was re-estimated on the target"
+    assert torch.equal(first_bn.running_mean, before), "the original keeps its statistics"
+    probe.train()
+    probe(target[:8])
+    assert torch.equal(first_bn.running_mean, before), "and stays frozen"
+
+
 def test_dynamic_weight_is_a_sigmoid_of_the_mean_gap():
     fs, ft = torch.zeros(5, 2), torch.zeros(5, 2)
     assert dynamic_weight(fs, ft) == 0.5  # never below 0.5: sigmoid of a norm

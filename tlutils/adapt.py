@@ -274,7 +274,8 @@ def adabn(model: nn.Module, target, batch_size: int = 1000, device=None) -> nn.M
     Every weight stays as trained; each BatchNorm layer's running mean and variance become the average of
     its batch statistics over the target inputs (``momentum=None``: a plain average, not a moving one), so
     at test time target images are normalised with target statistics. No target label is used. A model
-    without BatchNorm is returned unchanged (as a copy).
+    without BatchNorm is returned unchanged (as a copy); batch norms frozen by ``tlutils.finetune.freeze`` (a
+    linear probe's backbone) are re-estimated too.
     """
     x = target_images(target)
     adapted = copy.deepcopy(model)
@@ -285,6 +286,9 @@ def adabn(model: nn.Module, target, batch_size: int = 1000, device=None) -> nn.M
     adapted.to(device).eval()
     saved = [m.momentum for m in norms]
     for m in norms:
+        # a batch norm frozen by ``tlutils.finetune.freeze`` forces itself into eval mode before each forward
+        # (its statistics would silently stay the source's): this copy only infers, so it is unfrozen
+        m.__dict__["_tl_frozen"] = False
         m.reset_running_stats()
         m.momentum = None  # cumulative average over all batches
         m.train()
