@@ -36,20 +36,13 @@ def test_every_recipe_and_method_learns_the_target(quick_results):
     assert not low, f"in-distribution accuracy below 0.85 at 10 labels per class: {low}"
 
 
-def test_fine_tuned_networks_score_well_above_chance_out_of_distribution(quick_results):
-    """With AdaBN per domain, FT and LP-FT read the shifted digits at least twice as well as chance (0.1)."""
+def test_every_recipe_scores_well_above_chance_out_of_distribution(quick_results):
+    """With AdaBN per domain (the probe's frozen batch norms included), LP, FT and LP-FT read the shifted digits at
+    least twice as well as chance (0.1). Before ``adabn`` re-estimated frozen batch norms, LP's "AdaBN" score was
+    its source-statistics score, at chance (0.105 at SEED 0); with them it is 0.332 +- 0.014 over seeds 0-2."""
     r = quick_results[CHAPTER]
-    for k in ("ft", "lpft"):
+    for k in RECIPES:
         assert r[f"lpft.ood_acc.{k}"] > 0.2, f"{k}: OOD mean {r[f'lpft.ood_acc.{k}']:.3f}"
-
-
-def test_the_probe_is_near_chance_out_of_distribution_and_fine_tuning_beats_it(quick_results):
-    """The chapter's explanation: the unchanged glyph features give nothing on the shifted digits (LP at chance),
-    so FT, which moves them, is better out of distribution (the paper's -7 points has the other sign here)."""
-    r = quick_results[CHAPTER]
-    assert r["lpft.ood_acc.lp"] < 0.2, r["lpft.ood_acc.lp"]
-    d, hw = r["lpft.paired_diff.ood.ft_minus_lp"], r["lpft.paired_diff.ood.ft_minus_lp.ci95"]
-    assert d - hw > 0, f"FT minus LP, OOD: {d:+.3f} ± {hw:.3f} (interval reaches zero)"
 
 
 def test_lp_ft_moves_the_features_less_than_ft(quick_results):
@@ -63,8 +56,8 @@ def test_lp_ft_moves_the_features_less_than_ft(quick_results):
 
 def test_lp_ft_falls_short_of_the_papers_ood_gain_here(quick_results):
     """Kumar et al.: LP-FT +10 points OOD over FT. Here the mean paired difference stays well below that (-5.1,
-    -4.3 and +3.0 points at SEED 0, 3 and 6, none detectable); the chapter explains why from LP's OOD accuracy
-    and the feature change."""
+    -4.3 and +3.0 points at SEED 0, 3 and 6, none detectable); the chapter reads it beside LP's OOD accuracy and
+    the feature change."""
     r = quick_results[CHAPTER]
     d, hw = r["lpft.paired_diff.ood.lpft_minus_ft"], r["lpft.paired_diff.ood.lpft_minus_ft.ci95"]
     assert d < 0.10, f"LP-FT minus FT, OOD: {d:+.3f} ± {hw:.3f}"
