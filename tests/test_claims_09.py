@@ -33,9 +33,10 @@ def test_selftraining_beats_dann_by_more_than_the_seed_spread(quick_results):
     assert gain > spread, f"self-training {r['selftrain.target_acc']:.3f} vs DANN {r['dann.target_acc']:.3f}"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 21's floor not reached by the recipe (see notebook 09, section 3, and "
-                   "docs/ch09_prototype_notes.md): quick run of the notebook 0.902 +- 0.008 over seeds 0-2, worst seed 0.893; the "
-                   "search script at seeds 0-2 0.923 / 0.896 / 0.904. strict: a recipe that meets it removes this marker")
+@pytest.mark.xfail(strict=True, reason=(
+    "issue 21's floor is not reached by the recipe (notebook 09, section 3; docs/ch09_prototype_notes.md): quick "
+    "run of the notebook 0.902 +- 0.008 over seeds 0-2, worst seed 0.893; the search script at seeds 0-2 gave "
+    "0.923 / 0.896 / 0.904. strict: a recipe that meets the floor removes this marker"))
 def test_selftraining_reaches_the_floor(quick_results):
     r = quick_results[CHAPTER]
     assert r["selftrain.target_acc"] >= FLOOR and r["selftrain.target_acc.min"] >= SEED_FLOOR, (
