@@ -24,6 +24,7 @@ ap.add_argument("--lr", type=float, default=0.02)
 ap.add_argument("--ws", type=float, default=1.0)
 ap.add_argument("--augment", default="strong")
 ap.add_argument("--anneal", default="round")
+ap.add_argument("--ema", type=float, default=0.0)
 a = ap.parse_args()
 torch.set_num_threads(1)
 cfg = setup(profile="quick", seed=a.seed)
@@ -46,7 +47,7 @@ start = evaluate(net, TT)["acc"], evaluate(adabn(net, T), TT)["acc"]
 print(f"start {a.init}: plain {start[0]:.4f} adabn {start[1]:.4f}", flush=True)
 fl = lambda s: tuple(float(v) for v in s.split(",")) if s else ()  # noqa: E731
 recipe = SelfTrainRecipe(shares=() if a.thresholds else fl(a.shares), thresholds=fl(a.thresholds), steps=a.steps,
-                         lr=a.lr, source_weight=a.ws, augment=a.augment, anneal=a.anneal)
+                         lr=a.lr, source_weight=a.ws, augment=a.augment, anneal=a.anneal, ema=a.ema)
 t0 = time.time()
 out = self_train(net, S, T, recipe, seed=a.seed, target_labels=T.y, test=TT)
 for r in out.rounds:

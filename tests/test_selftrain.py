@@ -11,6 +11,7 @@ from torch import nn
 
 from tlutils.models import ganin_cnn
 from tlutils.selftrain import (
+    MeanTeacher,
     SelfTrainRecipe,
     colour_jitter,
     pseudo_label,
@@ -134,3 +135,21 @@ def test_tent_needs_batchnorm_and_batches():
         tent_parameters(ganin_cnn(10, batch_norm=False))
     with pytest.raises(ValueError, match="batch_size"):
         tent(ganin_cnn(10, batch_norm=True), torch.rand(4, 3, 32, 32), batch_size=1)
+
+
+def test_mean_teacher_is_an_exponential_average_of_the_student():
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    mt = MeanTeacher(student, ema=0.9)
+    before = {k: v.clone() for k, v in mt.teacher.state_dict().items()}
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    student.train()(torch.randn(4, 3))  # moves the BatchNorm buffers too
+    mt.on_batch_end(None)
+    for k, t in mt.teacher.state_dict().items():
+        s = student.state_dict()[k]
+        expected = 0.9 * before[k] + 0.1 * s if t.dtype.is_floating_point else s
+        assert torch.allclose(t, expected), k
+    with pytest.raises(ValueError, match="ema"):
+        SelfTrainRecipe(ema=1.0)

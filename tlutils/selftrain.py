@@ -183,7 +183,8 @@ class SelfTrainRecipe(Recipe):
     chapter 04 within each round or over the whole run (``anneal``, see ``ANNEALS``), ``source_weight`` of the
     source cross-entropy, ``augment`` of the target views (a name of ``AUGMENTS``). Quick: 4 rounds of 125 steps
     of 32 + 32 (500 steps, half of chapter 04's run), keeping 25, 50, 75 and 90 % of the target
-    images; the rate is chapter 04's."""
+    images; the rate is chapter 04's. ``ema`` > 0: a :class:`MeanTeacher` with that decay labels the target and is
+    the result (0: the trained network itself)."""
 
     PROFILES: ClassVar[dict] = {"steps": {"quick": 125, "full": 500, "smoke": 2}}
 
@@ -198,6 +199,7 @@ class SelfTrainRecipe(Recipe):
     source_weight: float = 1.0
     augment: str = "strong"
     anneal: str = "round"
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
         if self.anneal not in ANNEALS:
@@ -205,6 +207,8 @@ class SelfTrainRecipe(Recipe):
         if bool(self.shares) == bool(self.thresholds):
             raise ValueError("SelfTrainRecipe needs shares=(...) or thresholds=(...), one value per round, "
                              "not both (pass shares=() with thresholds)")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must lie in [0, 1) (0: no mean teacher), got {self.ema}")
         if self.augment not in AUGMENTS:
             raise ValueError(f"unknown augment {self.augment!r}; choose one of {', '.join(AUGMENTS)}")
 
@@ -215,6 +219,25 @@ class SelfTrainRecipe(Recipe):
     def selection(self, r: int) -> dict:
         """The keyword of :func:`select_confident` in round ``r``: ``{"share": ...}`` or ``{"threshold": ...}``."""
         return {"share": self.shares[r]} if self.shares else {"threshold": self.thresholds[r]}
+
+
+class MeanTeacher:
+    """``fit`` callback: after every step, ``teacher = ema * teacher + (1 - ema) * student`` over the floating-point
+    state (Tarvainen & Valpola 2017; French et al. 2018); integer buffers are copied. ``teacher`` labels the target
+    and is the result of :func:`self_train` when the recipe's ``ema`` > 0."""
+
+    def __init__(self, student: nn.Module, ema: float):
+        self.student, self.ema = student, ema
+        self.teacher = copy.deepcopy(student).eval()
+        self.teacher.requires_grad_(False)
+
+    @torch.no_grad()
+    def on_batch_end(self, state) -> None:
+        for t, s in zip(self.teacher.state_dict().values(), self.student.state_dict().values(), strict=True):
+            if t.dtype.is_floating_point:
+                t.mul_(self.ema).add_(s.detach(), alpha=1 - self.ema)
+            else:
+                t.copy_(s)
 
 
 @dataclass
@@ -232,7 +255,8 @@ class RoundLog:
 
 @dataclass
 class SelfTrainResult:
-    """The self-trained network (``model``, BatchNorm statistics as trained) and one :class:`RoundLog` per round."""
+    """The self-trained network (``model``, BatchNorm statistics as trained; the mean teacher when the recipe has
+    ``ema`` > 0) and one :class:`RoundLog` per round."""
 
     model: nn.Module
     rounds: list[RoundLog] = field(default_factory=list)
@@ -250,8 +274,10 @@ def self_train(model: nn.Module, source, target, recipe: SelfTrainRecipe = SelfT
     x = target_images(target)
     step_fn = partial(pseudo_label_step, source_weight=recipe.source_weight, augment=AUGMENTS[recipe.augment])
     logs = []
+    teacher = MeanTeacher(model, recipe.ema) if recipe.ema > 0 else None
+    labeller = teacher.teacher if teacher is not None else model
     for r in range(recipe.rounds):
-        labels = pseudo_label(model, x, device=device, **recipe.selection(r))
+        labels = pseudo_label(labeller, x, device=device, **recipe.selection(r))
         n = len(labels.index)
         if n < recipe.batch_size:
             raise ValueError(f"round {r} kept {n} target images, fewer than one batch ({recipe.batch_size}); "
@@ -261,14 +287,15 @@ def self_train(model: nn.Module, source, target, recipe: SelfTrainRecipe = SelfT
         fit(model, {"target": (x[labels.index], labels.labels.to(x.device)), "source": source},
             epochs=max(1, round(recipe.steps / per_epoch)), optimizer=optimizer, batch_size=recipe.batch_size,
             callbacks=[LRSchedule(partial(_annealing, r=r, rounds=recipe.rounds, anneal=recipe.anneal,
-                                          alpha=recipe.alpha, beta=recipe.beta))], step_fn=step_fn,
+                                          alpha=recipe.alpha, beta=recipe.beta)),
+                       *([teacher] if teacher is not None else [])], step_fn=step_fn,
             seed=seed * 1000 + r, device=device, progress=progress, desc=f"self-training round {r}")
         model.eval()
-        acc = (float(evaluate(adabn(model, x, device=device), test, device=device)["acc"]) if test is not None
+        acc = (float(evaluate(adabn(labeller, x, device=device), test, device=device)["acc"]) if test is not None
                else float("nan"))
         placc = labels.accuracy(target_labels) if target_labels is not None else float("nan")
         logs.append(RoundLog(r, n, labels.share, labels.confident_share(), placc, acc))
-    return SelfTrainResult(model, logs)
+    return SelfTrainResult(labeller, logs)
 
 
 # ----------------------------------------------------------------------------- TENT
@@ -339,6 +366,7 @@ def tent(model: nn.Module, stream, *, batch_size: int = 64, lr: float = 1e-3, ep
 __all__ = [
     "ANNEALS",
     "AUGMENTS",
+    "MeanTeacher",
     "PseudoLabels",
     "RoundLog",
     "SelfTrainRecipe",
