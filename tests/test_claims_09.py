@@ -33,15 +33,19 @@ def test_selftraining_beats_dann_by_more_than_the_seed_spread(quick_results):
     assert gain > spread, f"self-training {r['selftrain.target_acc']:.3f} vs DANN {r['dann.target_acc']:.3f}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 21's floor is not reached by the recipe (notebook 09, section 3; docs/ch09_prototype_notes.md): quick "
-    "run of the notebook 0.902 +- 0.008 over seeds 0-2, worst seed 0.893; the search script at seeds 0-2 gave "
-    "0.923 / 0.896 / 0.904. strict: a recipe that meets the floor removes this marker"))
-def test_selftraining_reaches_the_floor(quick_results):
+def test_selftraining_every_seed_reaches_the_seed_floor(quick_results):
     r = quick_results[CHAPTER]
-    assert r["selftrain.target_acc"] >= FLOOR and r["selftrain.target_acc.min"] >= SEED_FLOOR, (
-        f"mean {r['selftrain.target_acc']:.3f} (floor {FLOOR}), worst seed {r['selftrain.target_acc.min']:.3f} "
-        f"(floor {SEED_FLOOR})")
+    assert r["selftrain.target_acc.min"] >= SEED_FLOOR, (
+        f"worst seed {r['selftrain.target_acc.min']:.3f} (issue 21's floor for every seed: {SEED_FLOOR})")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "issue 21's mean floor is not reached (notebook 09, section 3; docs/ch09_prototype_notes.md): quick run of the "
+    "notebook 0.916 +- 0.008 over seeds 0-2 (0.921 / 0.919 / 0.907), 0.004 short of 0.92; without the mean teacher "
+    "0.902. strict: a recipe that meets the floor removes this marker"))
+def test_selftraining_reaches_the_mean_floor(quick_results):
+    r = quick_results[CHAPTER]
+    assert r["selftrain.target_acc"] >= FLOOR, f"mean {r['selftrain.target_acc']:.3f} (floor {FLOOR})"
 
 
 def test_selftraining_gains_on_syndigits_to_mnist(quick_results):
