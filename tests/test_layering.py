@@ -21,7 +21,7 @@ LAYERS = {
     "train": ["tlutils.train"],
     "methods": ["tlutils.source", "tlutils.features", "tlutils.finetune", "tlutils.adapt", "tlutils.dann",
                 "tlutils.mmd", "tlutils.dan", "tlutils.maml", "tlutils.fewshot_baselines", "tlutils.distill",
-                "tlutils.peft", "tlutils.lpft"],
+                "tlutils.peft", "tlutils.lpft", "tlutils.selftrain"],
     "experiments and presentation": ["tlutils.budget", "tlutils.adapt_runs", "tlutils.results", "tlutils.plots"],
     "course tooling": ["tlutils.course"],
     "package facade": ["tlutils"],  # tlutils/__init__.py: setup and record, what every notebook imports first

@@ -28,7 +28,7 @@ from tlutils.models import IMAGENET_WEIGHTS
 from tlutils.results import MIME
 
 SMOKE_RUNS_DIR = REPO_ROOT / "runs" / "smoke"
-SMOKE_CHAPTERS = ("00", "01", "02", "03", "04", "05", "06", "07", "08")
+SMOKE_CHAPTERS = ("00", "01", "02", "03", "04", "05", "06", "07", "08", "09")
 """Chapters the smoke test runs (all of them)."""
 FOLDER_CLASSES = {"cat": "chelsea", "rocket": "rocket"}
 """The fake image folder: class name -> scikit-image photo its images are cropped from."""
