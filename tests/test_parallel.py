@@ -40,3 +40,10 @@ def test_a_failing_job_names_itself_and_the_way_to_debug_it():
 
 def _scaled(x, scale: float = 1.0):
     return x * scale, torch.get_num_threads()
+
+
+def test_no_progress_bar_at_all_when_the_runner_turns_progress_off(monkeypatch):
+    """A disabled tqdm widget is still saved in an executed notebook: with ``$TLUTILS_PROGRESS=0`` none is made."""
+    monkeypatch.setenv("TLUTILS_PROGRESS", "0")
+    monkeypatch.setattr("tlutils.parallel.tqdm", lambda *a, **k: pytest.fail("a bar was made"))
+    assert [a[0].item() for a in map_jobs(_scaled, [(torch.ones(1),), (torch.zeros(1),)], workers=2)] == [1.0, 0.0]

@@ -99,6 +99,13 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def progress_enabled(progress: bool | None) -> bool:
+    """Progress bars are on unless ``progress=False`` or ``$TLUTILS_PROGRESS=0`` (the runner sets it)."""
+    if progress is not None:
+        return progress
+    return os.environ.get("TLUTILS_PROGRESS", "1") != "0"
+
+
 def set_cpu_threads() -> int:
     """Use the physical cores for intra-op work (``$TLUTILS_THREADS`` overrides); return the count."""
     n = int(os.environ.get("TLUTILS_THREADS", 0)) or (os.cpu_count() or 1)

@@ -24,6 +24,8 @@ import torch
 import torch.multiprocessing as mp
 from tqdm.auto import tqdm
 
+from tlutils.config import progress_enabled
+
 __all__ = ["default_workers", "map_jobs"]
 
 
@@ -67,11 +69,12 @@ def _one_thread(fn: Callable, args: tuple, kwargs: dict):
 
 
 def map_jobs(fn: Callable, jobs: Sequence[tuple | dict], *, workers: int | None = None, device=None,
-             progress: bool = True, desc: str = "jobs") -> list:
+             progress: bool | None = None, desc: str = "jobs") -> list:
     """``[fn(*job) for job in jobs]`` (a dict job is keyword arguments), in order, each job with one thread.
 
     ``workers`` (default :func:`default_workers`) > 1 runs them in that many spawned processes; list the longest
-    jobs first for the best packing. An exception in a job is raised here with the job it came from.
+    jobs first for the best packing. An exception in a job is raised here with the job it came from. ``progress``:
+    a bar over the jobs unless ``False`` or ``$TLUTILS_PROGRESS=0`` (the runner's setting: no widget is saved).
     """
     jobs = list(jobs)
     calls = [((), job) if isinstance(job, dict) else (tuple(job), {}) for job in jobs]
@@ -82,7 +85,9 @@ def map_jobs(fn: Callable, jobs: Sequence[tuple | dict], *, workers: int | None 
     try:
         futures = [pool.submit(_run, fn, a, k) for a, k in calls]
         out = []
-        for i, f in enumerate(tqdm(futures, desc=f"{desc} ({n} workers)", disable=not progress, leave=False)):
+        shown = (tqdm(futures, desc=f"{desc} ({n} workers)", leave=False) if progress_enabled(progress)
+                 else futures)  # no bar at all when off: a disabled widget would still be saved in a notebook
+        for i, f in enumerate(shown):
             try:
                 out.append(torch.load(io.BytesIO(f.result()), weights_only=False))
             except BrokenProcessPool as exc:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
@@ -23,7 +22,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
-from tlutils.config import get_device, smoke_cap, smoke_enabled
+from tlutils.config import get_device, progress_enabled, smoke_cap, smoke_enabled
 from tlutils.distributed import all_reduce_sums, dist_info, is_main_process, shard, wrap_model
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -158,13 +157,6 @@ def supervised_step(model: nn.Module, batch: Batch, state: FitState) -> dict:
     if out.dim() == 2 and not y.is_floating_point():
         logs["acc"] = (out.argmax(1) == y).float().mean()
     return logs
-
-
-def progress_enabled(progress: bool | None) -> bool:
-    """Progress bars are on unless ``progress=False`` or ``$TLUTILS_PROGRESS=0`` (the runner sets it)."""
-    if progress is not None:
-        return progress
-    return os.environ.get("TLUTILS_PROGRESS", "1") != "0"
 
 
 def make_progress(total: int, desc: str | None, enabled: bool):
