@@ -84,7 +84,7 @@ def test_cached_runs_load_what_was_saved_and_retrain_a_bad_file(tmp_path, monkey
         cached_runs(cfg, seed=0, methods=("dann",))
     assert asked == ["dann", "dann"]
     with pytest.raises(ValueError, match="not cached"):
-        cached_runs(cfg, seed=0, methods=("oracle",))
+        cached_runs(cfg, seed=0, methods=("adabn",))
 
 
 def test_save_run_caches_a_visible_run_so_cached_runs_does_not_train_it_again(tmp_path, monkeypatch):
@@ -99,7 +99,7 @@ def test_save_run_caches_a_visible_run_so_cached_runs_does_not_train_it_again(tm
     assert hist.epochs == history.epochs
     assert all(torch.equal(model.state_dict()[k], v) for k, v in net.state_dict().items())
     with pytest.raises(ValueError, match="not cached"):
-        save_run(cfg, "oracle", 3, net, history, 0.7)
+        save_run(cfg, "adabn", 3, net, history, 0.7)
 
 
 def test_compare_pairs_in_two_workers_equals_one_process_and_keeps_the_order():
@@ -146,4 +146,68 @@ def test_cached_seeds_trains_only_the_missing_networks_together_then_loads_them(
     cached_seeds(cfg, [0, 1], methods=("source_only", "dann"))
     assert trained == [], "all cached now"
     with pytest.raises(ValueError, match="not cached"):
-        cached_seeds(cfg, [0], methods=("oracle",))
+        cached_seeds(cfg, [0], methods=("adabn",))
+
+
+def test_compare_pairs_trains_a_shared_supervised_network_once_and_scores_it_for_both_pairs(monkeypatch):
+    import tlutils.adapt_runs as ar
+
+    labelled = _domain(1, 0.5)
+    # q's target is p's target: q's oracle is p's oracle; r's target is p's source: r's oracle is p's source-only
+    data = {"p": (_domain(0), labelled, _domain(2, 0.5)),
+            "q": (_domain(3), _domain(1, 0.5), _domain(2, 0.5)),
+            "r": (_domain(4, 0.3), _domain(0), _domain(5))}
+    recipe = AdaptationRecipe(steps=4, batch_size=8, domain_hidden=(8,))
+    real_map_jobs, trained = ar.map_jobs, []
+
+    def counting_map_jobs(fn, jobs, **kwargs):
+        trained.extend((job["method"], job["seed"], job["source"].name) for job in jobs)
+        return real_map_jobs(fn, jobs, **kwargs)
+
+    monkeypatch.setattr(ar, "map_jobs", counting_map_jobs)
+    runs = compare_pairs(data, recipe, [0], methods=("source_only", "adabn", "oracle"), workers=1)
+    assert sorted(trained) == sorted([("source_only", 0, "toy0"), ("source_only", 0, "toy3"),
+                                      ("source_only", 0, "toy4"), ("oracle", 0, "toy0")])
+    by = {name: {r.method: r for r in rs} for name, rs in runs.items()}
+    assert by["q"]["oracle"].model is by["p"]["oracle"].model
+    assert by["r"]["oracle"].model is by["p"]["source_only"].model
+    assert by["r"]["oracle"].target_acc == ar.evaluate(by["p"]["source_only"].model, data["r"][2])["acc"]
+    separate = compare_pairs({"r": data["r"]}, recipe, [0], methods=("source_only", "oracle"), workers=1)["r"]
+    assert separate[1].target_acc == by["r"]["oracle"].target_acc  # the same number as training it again
+    for v, w in zip(separate[1].model.state_dict().values(), by["r"]["oracle"].model.state_dict().values(),
+                    strict=True):
+        assert torch.equal(v, w)
+
+
+def test_cache_is_per_pair(tmp_path):
+    from tlutils.adapt_runs import cached_seeds
+
+    cfg = SimpleNamespace(data_dir=tmp_path, pick=lambda quick, full, **_: quick, device="cpu")
+    net = ganin_cnn(10, batch_norm=True).eval()
+    stored = SimpleNamespace(method="source_only", seed=0, model=net, target_acc=0.5, history=None)
+    syn = ("syndigits", "mnist5k")
+    (path,) = save_runs(cfg, [stored], pair=syn)
+    assert path == cache_paths(cfg, 0, pair=syn)["source_only"] != cache_paths(cfg, 0)["source_only"]
+    assert "syndigits_to_mnist5k" in path.name
+    loaded, _ = cached_seeds(cfg, [0], methods=("source_only",), pair=syn)[0]["source_only"]
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), net.state_dict().values(), strict=True))
+
+
+def test_a_run_trained_with_one_thread_in_the_notebook_is_the_sweeps_run():
+    from tlutils.adapt_runs import train_method
+    from tlutils.parallel import one_thread
+
+    data = {"p": (_domain(0), _domain(1, 0.5), _domain(2, 0.5))}
+    recipe = AdaptationRecipe(steps=4, batch_size=8, domain_hidden=(8,))
+    with one_thread():
+        net, history = train_method("dann", *data["p"][:2], recipe, seed=1)
+    given = compare_pairs(data, recipe, [0, 1], methods=("source_only", "dann"), workers=2,
+                          trained={("p", 1, "dann"): (net, history)})["p"]
+    swept = compare_pairs(data, recipe, [0, 1], methods=("source_only", "dann"), workers=2)["p"]
+    assert given[3].model is net and given[3].history is history
+    for a, b in zip(given, swept, strict=True):
+        assert (a.method, a.seed, a.target_acc, a.source_acc) == (b.method, b.seed, b.target_acc, b.source_acc)
+        for v, w in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True):
+            assert torch.equal(v, w), (a.method, a.seed)
+    with pytest.raises(ValueError, match="trained= names runs"):
+        compare_pairs(data, recipe, [0], methods=("source_only", "adabn"), trained={("p", 0, "adabn"): (net, None)})

@@ -47,3 +47,20 @@ def test_no_progress_bar_at_all_when_the_runner_turns_progress_off(monkeypatch):
     monkeypatch.setenv("TLUTILS_PROGRESS", "0")
     monkeypatch.setattr("tlutils.parallel.tqdm", lambda *a, **k: pytest.fail("a bar was made"))
     assert [a[0].item() for a in map_jobs(_scaled, [(torch.ones(1),), (torch.zeros(1),)], workers=2)] == [1.0, 0.0]
+
+
+def test_workers_are_kept_between_calls_and_restarted_when_the_package_code_changes(monkeypatch):
+    import os
+
+    import tlutils.parallel as parallel
+
+    first = set(map_jobs(os.getpid, [()] * 4, workers=2))
+    again = set(map_jobs(os.getpid, [()] * 4, workers=2))
+    assert os.getpid() not in first and first & again, "the second call reuses the workers of the first"
+    monkeypatch.setattr(parallel, "_code_stamp", lambda: ("a companion module was edited",))
+    edited = set(map_jobs(os.getpid, [()] * 4, workers=2))
+    assert not edited & (first | again), "workers that imported older code are not reused"
+    with pytest.raises(RuntimeError, match="failed in a worker"):
+        map_jobs(int, [("not a number",), ("1",)], workers=2)
+    assert "pool" not in parallel._POOL, "after an error the workers are stopped; the next call starts afresh"
+    assert len(map_jobs(os.getpid, [()] * 2, workers=2)) == 2

@@ -150,24 +150,66 @@ COST = {"dann": 2.0, "dan": 2.0, "source_only": 1.0, "oracle": 1.0}
 """Relative training time of the trained methods (two domains per step cost about twice one): longest first."""
 
 
+def _same_labelled_data(a, b) -> bool:
+    """Whether two labelled datasets (Domains) hold the same images and labels (a pair's source may be another
+    pair's target: ``mnist5k`` is the source of ``mnist5k → mnistm-lite`` and the target of ``syndigits → mnist5k``)."""
+    return a is b or (a.x.shape == b.x.shape and a.num_classes == b.num_classes and torch.equal(a.x, b.x)
+                      and torch.equal(a.y, b.y))
+
+
+SUPERVISED = {"source_only": 0, "oracle": 1}
+"""Methods trained on one labelled dataset only, and which of (source, target train) it is: the same training
+on the same data and seed gives the same network, so :func:`compare_pairs` trains it once."""
+
+
 def compare_pairs(
     data: dict[str, tuple], recipe: AdaptationRecipe, seeds, *, methods=("source_only", "adabn", "dann", "oracle"),
-    device=None, workers: int | None = None,
+    device=None, workers: int | None = None, trained: dict | None = None,
 ) -> dict[str, list[RunResult]]:
     """``{pair name: runs}`` for ``data = {name: (source, target train, target test)}``: every trained method and
     seed of every pair is one job of :func:`tlutils.parallel.map_jobs` (worker processes on a multi-core CPU, one
     thread each; in this process on a GPU); a derived method (``adabn``) is scored in the job of its base network.
-    Runs come in the order ``for seed in seeds: for method in methods``, as :func:`run_seed` returns them."""
+    A supervised run that another job already trains (the oracle of ``syndigits → mnist5k`` is the source-only
+    network of ``mnist5k → mnistm-lite``: both train on labelled ``mnist5k`` with the same recipe and seed) is
+    trained once and scored for both pairs. ``trained``: ``{(pair name, seed, method): (network, history)}`` of runs
+    already trained exactly as :func:`train_method` trains them (with one thread on a CPU, :func:`one_thread`; a
+    chapter's visible run): they are scored, not trained again. Runs come in the order ``for seed in seeds: for
+    method in methods``, as :func:`run_seed` returns them."""
     _check_methods(methods)
     seeds = list(seeds)
+    given = dict(trained or {})
+    wrong = [k for k in given if k[0] not in data or k[1] not in seeds or k[2] not in methods or k[2] in DERIVED]
+    if wrong:
+        raise ValueError(f"trained= names runs this call does not make: {wrong}; keys are (pair name, seed, method) "
+                         f"with a pair of {list(data)}, a seed of {seeds} and a trained method of {list(methods)}")
     trained = [(name, s, m) for name in data for s in seeds for m in methods if m not in DERIVED]
     trained.sort(key=lambda job: -COST.get(job[2], 1.0))
+    same_as: dict[tuple, tuple] = {}  # a job -> the earlier job that trains the same network
+    for i, (name, s, m) in enumerate(trained):
+        if m not in SUPERVISED:
+            continue
+        for n2, s2, m2 in trained[:i]:
+            if (s2 == s and m2 in SUPERVISED and (n2, s2, m2) not in same_as
+                    and _same_labelled_data(data[name][SUPERVISED[m]], data[n2][SUPERVISED[m2]])):
+                same_as[name, s, m] = (n2, s2, m2)
+                break
+    unique = [job for job in trained if job not in same_as and job not in given]
+
+    def derived(m: str) -> list[str]:
+        return [d for d in methods if DERIVED.get(d) == m]
+
     jobs = [dict(method=m, source=data[name][0], target_train=data[name][1], target_test=data[name][2],
-                 recipe=recipe, seed=s, derived=[d for d in methods if DERIVED.get(d) == m], device=device,
-                 progress=False) for name, s, m in trained]
+                 recipe=recipe, seed=s, derived=derived(m), device=device, progress=False) for name, s, m in unique]
     done = {(name, s, run.method): run for (name, s, _), runs in
-            zip(trained, map_jobs(run_method, jobs, workers=workers, device=device, desc="adaptation runs"),
+            zip(unique, map_jobs(run_method, jobs, workers=workers, device=device, desc="adaptation runs"),
                 strict=True) for run in runs}
+    for (name, s, m), (net, history) in given.items():
+        for method in (m, *derived(m)):
+            done[name, s, method] = _scored(method, s, net.eval(), history, 0.0, *data[name], device)
+    for (name, s, m), base in same_as.items():
+        net = done[base].model
+        for method in (m, *derived(m)):
+            done[name, s, method] = _scored(method, s, net, done[base].history, 0.0, *data[name], device)
     return {name: [done[name, s, m] for s in seeds for m in methods] for name in data}
 
 
@@ -230,8 +272,9 @@ def available_pairs(cfg) -> dict[str, tuple[str, str]]:
 # ----------------------------------------------------------------------------- cache of trained networks
 
 PAIR = ("mnist5k", "mnistm-lite")
-CACHED = ("source_only", "dann", "dan")
-"""Trained methods of ``PAIR`` that chapter 05 re-uses (chapter 04 trains the first two, chapter 05 the third)."""
+CACHED = ("source_only", "dann", "dan", "oracle")
+"""Trained methods that later chapters re-use: chapter 04 caches its source-only, DANN and oracle networks of both
+offline pairs, chapter 05 adds DAN on ``PAIR`` and chapter 09 starts self-training from them."""
 
 
 def run_key(recipe: AdaptationRecipe, source: str, target: str, seed: int) -> str:
@@ -240,49 +283,57 @@ def run_key(recipe: AdaptationRecipe, source: str, target: str, seed: int) -> st
     return recipe.cache_key(source=source, target=target, seed=seed, code=code_fingerprint(__name__), length=12)
 
 
-def cache_paths(cfg, seed: int = 0, recipe: AdaptationRecipe | None = None) -> dict[str, Path]:
-    """Checkpoint paths of the cached methods (``CACHED``) of ``PAIR`` for one seed."""
+def _check_cached(methods) -> None:
+    unknown = [m for m in methods if m not in CACHED]
+    if unknown:
+        raise ValueError(f"{unknown} are not cached; choose from {', '.join(CACHED)}")
+
+
+def cache_paths(cfg, seed: int = 0, recipe: AdaptationRecipe | None = None, pair: tuple[str, str] = PAIR
+                ) -> dict[str, Path]:
+    """Checkpoint paths of the cached methods (``CACHED``) of ``pair`` (source, target domain names), one seed."""
     recipe = recipe or recipe_for(cfg)
-    key = run_key(recipe, *PAIR, seed)
+    key = run_key(recipe, *pair, seed)
     folder = Path(cfg.data_dir) / "checkpoints"
-    return {m: folder / f"adapt_{PAIR[0]}_to_{PAIR[1]}_{m}_seed{seed}_{key}.pt" for m in CACHED}
+    return {m: folder / f"adapt_{pair[0]}_to_{pair[1]}_{m}_seed{seed}_{key}.pt" for m in CACHED}
 
 
-def _run_metadata(run: RunResult, recipe: AdaptationRecipe) -> dict:
+def _run_metadata(run: RunResult, recipe: AdaptationRecipe, pair: tuple[str, str]) -> dict:
     """What a cached network's checkpoint records beside its weights (``key``: checked when it is loaded)."""
     epochs = run.history.epochs if getattr(run, "history", None) is not None else []
-    return dict(method=run.method, source=PAIR[0], target=PAIR[1], seed=run.seed, recipe=recipe.as_dict(),
-                key=run_key(recipe, *PAIR, run.seed), target_acc=run.target_acc, history=epochs)
+    return dict(method=run.method, source=pair[0], target=pair[1], seed=run.seed, recipe=recipe.as_dict(),
+                key=run_key(recipe, *pair, run.seed), target_acc=run.target_acc, history=epochs)
 
 
-def save_runs(cfg, runs: list[RunResult], recipe: AdaptationRecipe | None = None) -> list[Path]:
-    """Write the networks (and per-epoch logs) of the cached methods among ``runs`` (of ``PAIR``), atomically."""
+def save_runs(cfg, runs: list[RunResult], recipe: AdaptationRecipe | None = None, pair: tuple[str, str] = PAIR
+              ) -> list[Path]:
+    """Write the networks (and per-epoch logs) of the cached methods among ``runs`` (of ``pair``), atomically."""
     recipe = recipe or recipe_for(cfg)
-    return [save_checkpoint(r.model, cache_paths(cfg, r.seed, recipe)[r.method], **_run_metadata(r, recipe))
+    return [save_checkpoint(r.model, cache_paths(cfg, r.seed, recipe, pair)[r.method], **_run_metadata(r, recipe, pair))
             for r in runs if r.method in CACHED]
 
 
 def save_run(cfg, method: str, seed: int, model: Classifier, history: History | None, target_acc: float,
-             recipe: AdaptationRecipe | None = None) -> Path:
-    """Cache one network of ``PAIR`` trained outside :func:`cached_runs` (a chapter's visible run), so that
+             recipe: AdaptationRecipe | None = None, pair: tuple[str, str] = PAIR) -> Path:
+    """Cache one network of ``pair`` trained outside :func:`cached_runs` (a chapter's visible run), so that
     ``cached_runs(cfg, seed, (method,))`` loads it instead of training it again.
 
     Only correct for a network trained exactly as :func:`train_method` trains ``method`` (``torch.manual_seed(seed)``
-    before ``build_network(recipe, 10)``, the same ``seed`` passed to training, the data of ``load_pair(*PAIR)``);
+    before ``build_network(recipe, 10)``, the same ``seed`` passed to training, the data of ``load_pair(*pair)``);
     chapter 05's DAN run is.
     """
-    if method not in CACHED:
-        raise ValueError(f"{method!r} is not cached; choose from {', '.join(CACHED)}")
+    _check_cached([method])
     recipe = recipe or recipe_for(cfg)
     run = RunResult(method, seed, target_acc, float("nan"), model, history, 0.0, model, model)
-    return save_checkpoint(model, cache_paths(cfg, seed, recipe)[method], **_run_metadata(run, recipe))
+    return save_checkpoint(model, cache_paths(cfg, seed, recipe, pair)[method], **_run_metadata(run, recipe, pair))
 
 
-def _load_run(path: Path, recipe: AdaptationRecipe, method: str, seed: int) -> tuple[Classifier, History]:
-    """The network and per-epoch history at ``path``, verified to be ``method``'s under ``recipe`` and ``seed``
-    (raises otherwise)."""
+def _load_run(path: Path, recipe: AdaptationRecipe, method: str, seed: int, pair: tuple[str, str]
+              ) -> tuple[Classifier, History]:
+    """The network and per-epoch history at ``path``, verified to be ``method``'s under ``recipe``, ``seed`` and
+    ``pair`` (raises otherwise)."""
     blob = torch.load(path, map_location="cpu", weights_only=True)
-    meta, key = blob["metadata"], run_key(recipe, *PAIR, seed)
+    meta, key = blob["metadata"], run_key(recipe, *pair, seed)
     if (meta.get("method"), meta.get("key")) != (method, key):
         raise ValueError(f"it holds {meta.get('method')!r} under key {meta.get('key')!r}, not {method!r} under {key!r}")
     model = build_network(recipe, 10)
@@ -291,57 +342,55 @@ def _load_run(path: Path, recipe: AdaptationRecipe, method: str, seed: int) -> t
 
 
 def cached_runs(
-    cfg, seed: int = 0, methods=("source_only", "dann"), *, progress: bool | None = None
+    cfg, seed: int = 0, methods=("source_only", "dann"), *, progress: bool | None = None,
+    pair: tuple[str, str] = PAIR,
 ) -> dict[str, tuple[Classifier, History]]:
-    """``{method: (network, per-epoch history)}`` for ``PAIR`` under ``cfg``'s recipe and ``seed``.
+    """``{method: (network, per-epoch history)}`` for ``pair`` under ``cfg``'s recipe and ``seed``.
 
     Loaded from ``cfg.data_dir / "checkpoints"`` when chapter 04 or 05 (or an earlier call) left them there;
     the missing ones are trained now, one at a time (under a minute each on a CPU in the quick profile), and
     cached.
     """
-    unknown = [m for m in methods if m not in CACHED]
-    if unknown:
-        raise ValueError(f"{unknown} are not cached; choose from {', '.join(CACHED)}")
+    _check_cached(methods)
     recipe = recipe_for(cfg)
-    paths = cache_paths(cfg, seed, recipe)
-    pair: list = []  # the domains, loaded by the first network that has to be trained
+    paths = cache_paths(cfg, seed, recipe, pair)
+    domains: list = []  # the domains, loaded by the first network that has to be trained
 
     def train(method: str) -> tuple[Classifier, History, RunResult]:
-        if not pair:
-            pair.extend(load_pair(*PAIR, device=cfg.device))
-        ((run,),) = map_jobs(run_method, [dict(method=method, source=pair[0], target_train=pair[1], target_test=pair[2],
-                                            recipe=recipe, seed=seed, device=cfg.device, progress=progress)],
-                          device=cfg.device)  # one thread, as in compare_pairs: the same network either way
+        if not domains:
+            domains.extend(load_pair(*pair, device=cfg.device))
+        ((run,),) = map_jobs(run_method, [dict(method=method, source=domains[0], target_train=domains[1],
+                                               target_test=domains[2], recipe=recipe, seed=seed, device=cfg.device,
+                                               progress=progress)],
+                             device=cfg.device)  # one thread, as in compare_pairs: the same network either way
         return run.model.cpu().eval(), run.history, run
 
     def save(value, f) -> None:
-        write_checkpoint(value[0], f, **_run_metadata(value[2], recipe))
+        write_checkpoint(value[0], f, **_run_metadata(value[2], recipe, pair))
 
     out = {}
     for m in methods:
-        value = load_or_build(paths[m], lambda m=m: train(m), load=lambda p, m=m: _load_run(p, recipe, m, seed),
+        value = load_or_build(paths[m], lambda m=m: train(m), load=lambda p, m=m: _load_run(p, recipe, m, seed, pair),
                               save=save, what="adaptation checkpoint")
         out[m] = value[:2]
     return out
 
 
-
-def cached_seeds(cfg, seeds, methods=("source_only", "dann"), *, workers: int | None = None
-                 ) -> dict[int, dict[str, tuple[Classifier, History]]]:
-    """:func:`cached_runs` for several seeds, ``{seed: {method: (network, history)}}``; the networks missing from
-    the cache are first trained side by side (:func:`tlutils.parallel.map_jobs`) and cached."""
+def cached_seeds(cfg, seeds, methods=("source_only", "dann"), *, workers: int | None = None,
+                 pair: tuple[str, str] = PAIR) -> dict[int, dict[str, tuple[Classifier, History]]]:
+    """:func:`cached_runs` of ``pair`` for several seeds, ``{seed: {method: (network, history)}}``; the networks
+    missing from the cache are first trained side by side (:func:`tlutils.parallel.map_jobs`) and cached."""
+    _check_cached(methods)
     recipe = recipe_for(cfg)
-    unknown = [m for m in methods if m not in CACHED]
-    if unknown:
-        raise ValueError(f"{unknown} are not cached; choose from {', '.join(CACHED)}")
-    missing = [(s, m) for s in seeds for m in methods if not cache_paths(cfg, s, recipe)[m].exists()]
+    missing = [(s, m) for s in seeds for m in methods if not cache_paths(cfg, s, recipe, pair)[m].exists()]
     if len(missing) > 1:
-        source, target_train, target_test = load_pair(*PAIR, device=cfg.device)
+        source, target_train, target_test = load_pair(*pair, device=cfg.device)
         jobs = [dict(method=m, source=source, target_train=target_train, target_test=target_test, recipe=recipe,
                      seed=s, device=cfg.device, progress=False) for s, m in missing]
         runs = map_jobs(run_method, jobs, workers=workers, device=cfg.device, desc="cached networks")
-        save_runs(cfg, [run for (run,) in runs], recipe)
-    return {s: cached_runs(cfg, s, methods) for s in seeds}
+        save_runs(cfg, [run for (run,) in runs], recipe, pair)
+    return {s: cached_runs(cfg, s, methods, pair=pair) for s in seeds}
+
 
 __all__ = [
     "CACHED",

@@ -10,15 +10,22 @@ many workers ran it (1 or 8 give the same floats); ``TLUTILS_WORKERS`` sets the 
 Jobs are functions of the package (picklable by name) called on picklable arguments; tensors travel through
 shared memory, results come back serialised with ``torch.save``. A notebook's own functions, and monkeypatches
 made in the notebook, do not reach the workers: train the run you want to change in the notebook itself.
+
+The worker processes are started once and kept for the next call (starting one costs seconds: it imports torch
+and the package), and started afresh when a file of the package changed since (an edit to a companion module
+reaches the next sweep), when the worker count changes, or after an error.
 """
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
@@ -26,7 +33,7 @@ from tqdm.auto import tqdm
 
 from tlutils.config import progress_enabled
 
-__all__ = ["default_workers", "map_jobs"]
+__all__ = ["default_workers", "map_jobs", "one_thread"]
 
 
 def default_workers(device=None, jobs: int | None = None) -> int:
@@ -59,13 +66,56 @@ def _run(fn: Callable, args: tuple, kwargs: dict) -> bytes:
     return buffer.getvalue()
 
 
-def _one_thread(fn: Callable, args: tuple, kwargs: dict):
+@contextmanager
+def one_thread():
+    """Run the block with one intra-op thread, as every job of :func:`map_jobs` runs: a run trained inside it gives
+    the same floats as the same run in a sweep (chapter 04's visible DANN run is seed 0's run of its sweep)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return fn(*args, **kwargs)
+        yield
     finally:
         torch.set_num_threads(before)
+
+
+def _one_thread(fn: Callable, args: tuple, kwargs: dict):
+    with one_thread():
+        return fn(*args, **kwargs)
+
+
+_POOL: dict = {}  # "pool": (key, executor) of the workers kept between calls
+
+
+def _code_stamp() -> tuple:
+    """Modification times of the package's source files: a worker that imported older code is not reused."""
+    root = Path(__file__).resolve().parent
+    return tuple(sorted((str(p.relative_to(root)), p.stat().st_mtime_ns) for p in root.rglob("*.py")))
+
+
+def _close_pool(terminate: bool = False) -> None:
+    """Stop the kept workers (``terminate``: at once, dropping the jobs they run, e.g. after an interrupt)."""
+    _, pool = _POOL.pop("pool", (None, None))
+    if pool is None:
+        return
+    if terminate:
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+    pool.shutdown(wait=not terminate, cancel_futures=True)
+
+
+atexit.register(_close_pool)
+
+
+def _pool(n: int) -> ProcessPoolExecutor:
+    """``n`` spawned one-thread workers: the kept ones if they run the package's current code."""
+    key = (n, _code_stamp())
+    kept = _POOL.get("pool")
+    if kept is not None and kept[0] == key:
+        return kept[1]
+    _close_pool()
+    pool = ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_init_worker)
+    _POOL["pool"] = (key, pool)
+    return pool
 
 
 def map_jobs(fn: Callable, jobs: Sequence[tuple | dict], *, workers: int | None = None, device=None,
@@ -81,7 +131,7 @@ def map_jobs(fn: Callable, jobs: Sequence[tuple | dict], *, workers: int | None 
     n = workers if workers is not None else default_workers(device, len(jobs))
     if n <= 1 or len(jobs) <= 1:
         return [_one_thread(fn, a, k) for a, k in calls]
-    pool = ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_init_worker)
+    pool = _pool(n)
     try:
         futures = [pool.submit(_run, fn, a, k) for a, k in calls]
         out = []
@@ -97,5 +147,6 @@ def map_jobs(fn: Callable, jobs: Sequence[tuple | dict], *, workers: int | None 
                 raise RuntimeError(f"{desc}: job {i} of {len(jobs)} ({fn.__name__}) failed in a worker: {exc!r}; "
                                    "set TLUTILS_WORKERS=1 to run it in this process and debug it") from exc
         return out
-    finally:
-        pool.shutdown(cancel_futures=True)
+    except BaseException:
+        _close_pool(terminate=True)  # an error or an interrupt: no job keeps running, the next call starts afresh
+        raise
