@@ -12,8 +12,8 @@ FLOOR, SEED_FLOOR = 0.92, 0.90
 
 def test_records_every_headline_number(quick_results):
     r = quick_results[CHAPTER]
-    names = [f"{m}.target_acc" for m in ("source_only", "adabn", "dann", "selftrain")]
-    names += [f"syn2real.{m}.target_acc" for m in ("source_only", "adabn", "selftrain")]
+    names = [f"{m}.target_acc" for m in ("source_only", "adabn", "dann", "selftrain", "oracle")]
+    names += [f"syn2real.{m}.target_acc" for m in ("source_only", "adabn", "selftrain", "oracle")]
     names += ["selftrain.target_acc.std", "selftrain.target_acc.min", "selftrain.pseudo_label_acc",
               "syn2real.selftrain.target_acc.std", "selftrain.too_low_threshold.target_acc",
               "tent.target_acc", "tent.failure.target_acc", "tent.failure.baseline.adabn"]

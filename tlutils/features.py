@@ -25,7 +25,7 @@ from tlutils.cache import cache_key, code_fingerprint, load_or_build
 from tlutils.config import data_dir, get_device
 from tlutils.models import make_head
 from tlutils.timing import EpochTimer, timed
-from tlutils.train import as_tensors, fit, predict
+from tlutils.train import EVAL_BATCH, as_tensors, fit, predict
 
 _MEMORY: dict[str, Features] = {}
 _MEMORY_MAX = 16
@@ -82,7 +82,8 @@ def pool_features(fmap: torch.Tensor, grid: int = 1) -> torch.Tensor:
     return torch.flatten(F.adaptive_avg_pool2d(fmap, grid), 1)
 
 
-def extract_features(model: nn.Module, data, *, stage: str | None = None, grid: int = 1, batch_size: int = 512,
+def extract_features(model: nn.Module, data, *, stage: str | None = None, grid: int = 1,
+                     batch_size: int = EVAL_BATCH,
                      device: str | torch.device | None = None) -> torch.Tensor:
     """Features of ``data`` after ``stage`` (default: the last), pooled to ``grid`` x ``grid``; (N, D) on the CPU.
 
@@ -171,7 +172,7 @@ def _load_features(path: Path, key: str, y: torch.Tensor) -> dict:
 
 def cached_features(model: nn.Module, data, *, stage: str | None = None, grid: int = 1,
                     cache_dir: str | os.PathLike | None = None, device: str | torch.device | None = None,
-                    batch_size: int = 512, refresh: bool = False) -> Features:
+                    batch_size: int = EVAL_BATCH, refresh: bool = False) -> Features:
     """Features of ``data`` after ``stage``, computed once and then served from memory or disk.
 
     The key (see ``feature_key``) changes whenever the weights, the data, the stage or the pooling

@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import io
 import os
+import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -58,6 +59,9 @@ def default_workers(device=None, jobs: int | None = None) -> int:
 def _init_worker() -> None:
     torch.set_num_threads(1)
     torch.set_num_interop_threads(1)
+    # an interrupt of the whole process group (Ctrl-C, a kernel shutting down) ends a kept worker without a
+    # traceback; the parent sees its jobs fail and stops the others (map_jobs)
+    signal.signal(signal.SIGINT, lambda *_: os._exit(1))
 
 
 def _run(fn: Callable, args: tuple, kwargs: dict) -> bytes:
