@@ -153,3 +153,17 @@ def test_mean_teacher_is_an_exponential_average_of_the_student():
         assert torch.allclose(t, expected), k
     with pytest.raises(ValueError, match="ema"):
         SelfTrainRecipe(ema=1.0)
+
+
+def test_scoring_each_round_does_not_change_what_self_training_learns():
+    # the network scored after a round (target statistics) labels the next round: the same labels as without a test
+    torch.manual_seed(0)
+    net = ganin_cnn(10, batch_norm=True)
+    xs, ys = torch.rand(64, 3, 32, 32), torch.randint(0, 10, (64,))
+    xt, yt = torch.rand(96, 3, 32, 32), torch.randint(0, 10, (96,))
+    recipe = SelfTrainRecipe(shares=(0.5, 0.8, 1.0), steps=3, batch_size=16)
+    scored = self_train(copy.deepcopy(net), (xs, ys), xt, recipe, seed=1, target_labels=yt, test=(xt, yt))
+    plain = self_train(copy.deepcopy(net), (xs, ys), xt, recipe, seed=1, target_labels=yt)
+    assert [(r.kept, r.pseudo_label_acc) for r in scored.rounds] == [(r.kept, r.pseudo_label_acc) for r in plain.rounds]
+    for v, w in zip(scored.model.state_dict().values(), plain.model.state_dict().values(), strict=True):
+        assert torch.equal(v, w)
