@@ -196,18 +196,18 @@ def compare_pairs(
     if wrong:
         raise ValueError(f"trained= names runs this call does not make: {wrong}; keys are (pair name, seed, method) "
                          f"with a pair of {list(data)}, a seed of {seeds} and a trained method of {list(methods)}")
-    trained = [(name, s, m) for name in data for s in seeds for m in methods if m not in DERIVED]
-    trained.sort(key=lambda job: -COST.get(job[2], 1.0))
-    same_as: dict[tuple, tuple] = {}  # a job -> the earlier job that trains the same network
-    for i, (name, s, m) in enumerate(trained):
+    runs_to_make = [(name, s, m) for name in data for s in seeds for m in methods if m not in DERIVED]
+    runs_to_make.sort(key=lambda job: -COST.get(job[2], 1.0))
+    same_as: dict[tuple, tuple] = {}  # a run -> the earlier run that trains the same network
+    for i, (name, s, m) in enumerate(runs_to_make):
         if m not in SUPERVISED:
             continue
-        for n2, s2, m2 in trained[:i]:
+        for n2, s2, m2 in runs_to_make[:i]:
             if (s2 == s and m2 in SUPERVISED and (n2, s2, m2) not in same_as
                     and _same_labelled_data(data[name][SUPERVISED[m]], data[n2][SUPERVISED[m2]])):
                 same_as[name, s, m] = (n2, s2, m2)
                 break
-    unique = [job for job in trained if job not in same_as and job not in given]
+    unique = [job for job in runs_to_make if job not in same_as and job not in given]
 
     def derived(m: str) -> list[str]:
         return [d for d in methods if DERIVED.get(d) == m]
@@ -217,13 +217,12 @@ def compare_pairs(
     done = {(name, s, run.method): run for (name, s, _), runs in
             zip(unique, map_jobs(run_method, jobs, workers=workers, device=device, desc="adaptation runs"),
                 strict=True) for run in runs}
-    for (name, s, m), (net, history) in given.items():
+    # networks not trained here (given, or shared with another run): scored for this run's pair
+    reused = {**given, **{job: given[base] if base in given else (done[base].model, done[base].history)
+                          for job, base in same_as.items()}}
+    for (name, s, m), (net, history) in reused.items():
         for method in (m, *derived(m)):
             done[name, s, method] = _scored(method, s, net.eval(), history, 0.0, *data[name], device)
-    for (name, s, m), base in same_as.items():
-        net = done[base].model
-        for method in (m, *derived(m)):
-            done[name, s, method] = _scored(method, s, net, done[base].history, 0.0, *data[name], device)
     return {name: [done[name, s, m] for s in seeds for m in methods] for name in data}
 
 
