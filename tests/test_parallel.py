@@ -64,3 +64,22 @@ def test_workers_are_kept_between_calls_and_restarted_when_the_package_code_chan
         map_jobs(int, [("not a number",), ("1",)], workers=2)
     assert "pool" not in parallel._POOL, "after an error the workers are stopped; the next call starts afresh"
     assert len(map_jobs(os.getpid, [()] * 2, workers=2)) == 2
+
+
+def test_start_workers_spawns_the_pool_that_map_jobs_then_uses(monkeypatch):
+    import os
+
+    import tlutils.parallel as parallel
+    from tlutils.parallel import start_workers
+
+    parallel._close_pool()
+    monkeypatch.setenv("TLUTILS_WORKERS", "1")
+    assert start_workers() == 1 and "pool" not in parallel._POOL, "one worker: nothing is started"
+    monkeypatch.delenv("TLUTILS_WORKERS")
+    assert start_workers("cuda") == 1 and "pool" not in parallel._POOL, "on an accelerator the jobs run in process"
+    monkeypatch.setenv("TLUTILS_WORKERS", "2")
+    assert start_workers() == 2
+    pool = parallel._POOL["pool"][1]
+    started = {p.pid for p in pool._processes.values()}
+    assert len(started) == 2, "both processes are spawned at once, before any job is given"
+    assert set(map_jobs(os.getpid, [()] * 4)) <= started and parallel._POOL["pool"][1] is pool

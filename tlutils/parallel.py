@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from tlutils.config import progress_enabled
 
-__all__ = ["default_workers", "map_jobs", "one_thread"]
+__all__ = ["default_workers", "map_jobs", "one_thread", "start_workers"]
 
 
 def default_workers(device=None, jobs: int | None = None) -> int:
@@ -120,6 +120,24 @@ def _pool(n: int) -> ProcessPoolExecutor:
     pool = ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_init_worker)
     _POOL["pool"] = (key, pool)
     return pool
+
+
+def _warm() -> None:
+    """A worker's first job: import what every training job needs (torch and the training loop)."""
+    import tlutils.train  # noqa: F401
+
+
+def start_workers(device=None) -> int:
+    """Start :func:`map_jobs`'s worker processes now, in the background, and return their number (1: none). Each
+    spends seconds importing torch and the package; started at the top of a chapter, they do it while the chapter
+    loads its data instead of when its first sweep waits for them. A no-op on an accelerator, with one core or
+    ``TLUTILS_WORKERS=1``."""
+    n = default_workers(device)
+    if n > 1:
+        pool = _pool(n)
+        for _ in range(n):  # one pending job per worker: the pool spawns a process for each
+            pool.submit(_warm)
+    return n
 
 
 def map_jobs(fn: Callable, jobs: Sequence[tuple | dict], *, workers: int | None = None, device=None,
