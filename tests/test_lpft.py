@@ -7,8 +7,16 @@ import torch
 from tests.helpers import tiny_model, toy_data
 from tlutils.adapt import adabn
 from tlutils.data import Domain
-from tlutils.lpft import (PEFT_METHODS, PeftRecipe, domain_accuracy, feature_change, lp_ft, peft_run, select_lr,
-                          train_peft)
+from tlutils.lpft import (
+    PEFT_METHODS,
+    PeftRecipe,
+    domain_accuracy,
+    feature_change,
+    lp_ft,
+    peft_run,
+    select_lr,
+    train_peft,
+)
 from tlutils.peft import count_parameters
 from tlutils.train import accuracy
 

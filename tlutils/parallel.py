@@ -123,8 +123,8 @@ def _pool(n: int) -> ProcessPoolExecutor:
 
 
 def _warm() -> None:
-    """A worker's first job: import what every training job needs (torch and the training loop)."""
-    import tlutils.train  # noqa: F401
+    """A worker's first job: nothing, as the work is done by loading this module to call it (torch and the
+    package's foundation are imported; the job modules add little)."""
 
 
 def start_workers(device=None) -> int:
