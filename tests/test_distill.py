@@ -204,28 +204,5 @@ def test_multitask_and_lwf_train_both_heads_and_leave_the_source_alone(one_threa
     assert all(torch.equal(v, source.state_dict()[k]) for k, v in before.items()), "the source model is not modified"
 
 
-def test_job_functions_equal_the_training_they_name(one_thread):
-    """Chapter 07's map_jobs jobs: train_student is seed, small_student, distil; keep_old_task the named method."""
-    d = toy_domain(n_per_class=6)
-    z = torch.randn(len(d), 3, generator=torch.Generator().manual_seed(0))
-    options = dict(epochs=1, T=2.0, alpha=0.5, batch_size=6)
-    student = distill.train_student(d.x, z, d.y, num_classes=3, widths=(4, 8, 8, 8), seed=3, **options)
-    torch.manual_seed(3)
-    by_hand = distill.small_student(3, (4, 8, 8, 8))
-    distill.distil(by_hand, d.x, z, d.y, seed=3, **options)
-    assert not student.training
-    assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), by_hand.state_dict().values(),
-                                                 strict=True))
-    source, recipe = small_source(), StrategyRecipe(epochs=1, batch_size=8, min_epoch=16)
-    named = distill.keep_old_task("lwf", source, d, recipe=recipe, seed=1)
-    direct = distill.learning_without_forgetting(source, d, recipe=recipe, seed=1)
-    assert all(torch.equal(a, b) for a, b in zip(named.state_dict().values(), direct.state_dict().values(),
-                                                 strict=True))
-    with pytest.raises(ValueError, match="pass source_train"):
-        distill.keep_old_task("multitask", source, d, recipe=recipe)
-    with pytest.raises(ValueError, match="choose one of multitask, lwf"):
-        distill.keep_old_task("sequential", source, d, recipe=recipe)
-
-
 def test_inference_ms_is_positive():
     assert distill.inference_ms(distill.small_student(10), torch.rand(4, 3, 32, 32), repeats=3) > 0

@@ -7,16 +7,7 @@ import torch
 from tests.helpers import tiny_model, toy_data
 from tlutils.adapt import adabn
 from tlutils.data import Domain
-from tlutils.lpft import (
-    PEFT_METHODS,
-    PeftRecipe,
-    domain_accuracy,
-    feature_change,
-    lp_ft,
-    peft_run,
-    select_lr,
-    train_peft,
-)
+from tlutils.lpft import PEFT_METHODS, PeftRecipe, domain_accuracy, feature_change, lp_ft, select_lr, train_peft
 from tlutils.peft import count_parameters
 from tlutils.train import accuracy
 
@@ -77,38 +68,6 @@ def test_select_lr_keeps_the_best_validation_rate_and_returns_its_run():
     assert accuracy(models[best], data) == scores[best]
     with pytest.raises(ValueError, match="at least one"):
         select_lr("lora", source, data, data, lrs=[], num_classes=3, recipe=RECIPE)
-
-
-def test_select_lr_trains_in_workers_and_a_given_one_thread_run_is_the_workers_run(monkeypatch):
-    """Chapter 08's visible LoRA run (one thread, scored on validation every epoch) is the rate choice's run."""
-    from tlutils.parallel import one_thread
-
-    monkeypatch.setenv("TLUTILS_WORKERS", "2")
-    source = tiny_model().eval()
-    data = toy_data()
-    with one_thread():
-        visible, history = train_peft("lora", source, data, num_classes=3, recipe=RECIPE, lr=1e-1, val=data, seed=0)
-    assert "val_acc" in history.epochs[0]
-    _, scores, given = select_lr("lora", source, data, data, lrs=[1e-1, 1e-5], num_classes=3, recipe=RECIPE,
-                                 trained={1e-1: visible, 3e-3: visible})  # a rate not listed is ignored
-    assert given[1e-1] is visible and set(given) == {1e-1, 1e-5}
-    _, fresh_scores, fresh = select_lr("lora", source, data, data, lrs=[1e-1, 1e-5], num_classes=3, recipe=RECIPE)
-    assert fresh_scores == scores
-    for lr in (1e-1, 1e-5):
-        for a, b in zip(fresh[lr].state_dict().values(), given[lr].state_dict().values(), strict=True):
-            assert torch.equal(a, b), lr
-
-
-def test_peft_run_trains_the_named_method():
-    source = tiny_model().eval()
-    data = toy_data()
-    probe, _ = train_peft("head", source, data, num_classes=3, recipe=RECIPE, seed=0)
-    by_name = peft_run("lpft", source, data, num_classes=3, recipe=RECIPE, seed=0, lr=1e-3, probe=probe)
-    direct, _ = lp_ft(source, data, num_classes=3, recipe=RECIPE, seed=0, lr=1e-3, probe=probe)
-    assert all(torch.equal(a, b) for a, b in zip(by_name.state_dict().values(), direct.state_dict().values(),
-                                                 strict=True))
-    lora = peft_run("lora", source, data, num_classes=3, recipe=RECIPE, rank=2)
-    assert count_parameters(lora) < count_parameters(lora, trainable=False)
 
 
 def test_domain_accuracy_adapts_batch_norm_per_domain_without_changing_the_model():

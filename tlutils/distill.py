@@ -151,17 +151,6 @@ def distil(student: nn.Module, x: Tensor, teacher_logits: Tensor, labels: Tensor
                device=device, seed=seed, progress=progress, desc=f"distil T={T} alpha={alpha}")
 
 
-def train_student(x: Tensor, teacher_logits: Tensor, labels: Tensor, *, num_classes: int = 10,
-                  widths: tuple[int, ...] = (6, 12, 24, 48), seed: int = 0, **distil_options) -> Classifier:
-    """A fresh :func:`small_student` (initialised after ``torch.manual_seed(seed)``) trained with :func:`distil`
-    (``distil_options``: ``epochs``, ``T``, ``alpha``, ...): one student of chapter 07's comparisons, as a job of
-    :func:`tlutils.parallel.map_jobs`."""
-    torch.manual_seed(seed)
-    student = small_student(num_classes, widths)
-    distil(student, x, teacher_logits, labels, seed=seed, **distil_options)
-    return student.eval()
-
-
 @torch.no_grad()
 def inference_ms(model: nn.Module, x: Tensor, *, repeats: int = 5) -> float:
     """Median wall time in milliseconds of one forward pass over ``x`` (eval mode, after one warm-up pass)."""
@@ -292,21 +281,3 @@ def learning_without_forgetting(source: Classifier, target, *, recipe: StrategyR
     data = (x, target.y.to(x.device)[rows], old_logits.to(x.device)[rows])
     _fit_recipe(model, data, LwFStep(T=T, weight=weight), recipe, seed, device, "LwF")
     return model
-
-
-OLD_TASK_METHODS = ("multitask", "lwf")
-"""The ways of chapter 07, section 4 to learn the digits while keeping the glyph task (besides plain fine-tuning)."""
-
-
-def keep_old_task(method: str, source: Classifier, target, source_train=None, *,
-                  recipe: StrategyRecipe = StrategyRecipe(), seed: int = 0, device=None) -> MultiHead:
-    """One network of chapter 07's forgetting comparison by name (a job of :func:`tlutils.parallel.map_jobs`):
-    ``"multitask"`` (:func:`multitask`, needs the old task's ``source_train``) or ``"lwf"``
-    (:func:`learning_without_forgetting`, needs no source images)."""
-    if method == "multitask":
-        if source_train is None:
-            raise ValueError("multitask trains on the old task's images too: pass source_train")
-        return multitask(source, target, source_train, recipe=recipe, seed=seed, device=device)
-    if method == "lwf":
-        return learning_without_forgetting(source, target, recipe=recipe, seed=seed, device=device)
-    raise ValueError(f"unknown method {method!r}; choose one of {', '.join(OLD_TASK_METHODS)}")

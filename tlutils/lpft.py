@@ -6,8 +6,7 @@
   al. argue a random head's large gradients distort the pretrained features during fine-tuning; a trained head
   keeps them closer, which is what ``feature_change`` measures.
 * ``select_lr``: a method's peak rate chosen on a validation split (chapter 02's procedure: one run per rate at
-  one seed, best validation accuracy, ties to the first rate listed); the runs train side by side (``peft_run``
-  jobs of ``tlutils.parallel.map_jobs``) and come back for reuse.
+  one seed, best validation accuracy, ties to the first rate listed); the runs come back for reuse.
 * ``domain_accuracy``: accuracy on several test domains, each normalised with its own BatchNorm statistics
   (AdaBN, ``tlutils.adapt.adabn``), so that a shift in image statistics alone does not decide the score.
 * ``feature_change``: similarity (``tlutils.features.linear_cka``, chapter 02) and relative change between the
@@ -25,7 +24,6 @@ from torch import nn
 from tlutils.adapt import adabn
 from tlutils.features import linear_cka
 from tlutils.finetune import fit_one_cycle, freeze, tile, unfreeze, with_new_head
-from tlutils.parallel import map_jobs
 from tlutils.peft import add_adapters, apply_lora, bitfit, trainable_parameters
 from tlutils.recipe import Recipe
 from tlutils.train import accuracy, predict_features
@@ -114,38 +112,24 @@ def lp_ft(source_model: nn.Module, train, *, num_classes: int, recipe: PeftRecip
     return model.eval(), [h_lp, h_ft]
 
 
-def peft_run(method: str, source_model: nn.Module, train, *, num_classes: int, recipe: PeftRecipe = PeftRecipe(),
-             seed: int = 0, lr: float | None = None, rank: int | None = None, probe: nn.Module | None = None,
-             device: str | torch.device | None = None) -> nn.Module:
-    """One trained network of chapter 08 by name (a job of :func:`tlutils.parallel.map_jobs`): a method of
-    ``PEFT_METHODS`` (:func:`train_peft`) or ``"lpft"`` (:func:`lp_ft`, from ``probe`` when given)."""
-    if method == "lpft":
-        return lp_ft(source_model, train, num_classes=num_classes, recipe=recipe, seed=seed, lr=lr, probe=probe,
-                     device=device)[0]
-    return train_peft(method, source_model, train, num_classes=num_classes, recipe=recipe, seed=seed, rank=rank,
-                      lr=lr, device=device)[0]
-
-
 def select_lr(method: str, source_model: nn.Module, train, val, *, lrs, num_classes: int,
               recipe: PeftRecipe = PeftRecipe(), seed: int = 0, probe: nn.Module | None = None,
-              trained: dict | None = None,
               device: str | torch.device | None = None) -> tuple[float, dict[float, float], dict[float, nn.Module]]:
     """Choose ``method``'s peak rate on ``val`` (chapter 02's ``tlutils.budget.select_lr`` procedure): one run per
     rate on ``train`` at ``seed``, scored on ``val``. Returns ``(best rate, {rate: val accuracy}, {rate: model})``
     (ties go to the first rate listed); the models let the chosen run be reused. ``method`` is one of
-    ``PEFT_METHODS`` or ``"lpft"`` (its second stage's rate, from ``probe`` when given). The runs train side by
-    side, one thread each (:func:`peft_run` jobs of :func:`tlutils.parallel.map_jobs`); ``trained``: ``{rate:
-    model}`` of runs already trained exactly so (a chapter's visible run, under
-    :func:`tlutils.parallel.one_thread`), scored and not trained again."""
+    ``PEFT_METHODS`` or ``"lpft"`` (its second stage's rate, from ``probe`` when given)."""
     if not lrs:
         raise ValueError("select_lr needs at least one candidate rate in lrs")
-    models = {lr: m for lr, m in (trained or {}).items() if lr in lrs}
-    todo = [lr for lr in lrs if lr not in models]
-    jobs = [dict(method=method, source_model=source_model, train=train, num_classes=num_classes, recipe=recipe,
-                 seed=seed, lr=lr, probe=probe, device=device) for lr in todo]
-    models.update(zip(todo, map_jobs(peft_run, jobs, device=device, desc=f"{method} rates"), strict=True))
-    models = {lr: models[lr] for lr in lrs}
-    scores = {lr: accuracy(m, val, device=device) for lr, m in models.items()}
+    models, scores = {}, {}
+    for lr in lrs:
+        if method == "lpft":
+            models[lr], _ = lp_ft(source_model, train, num_classes=num_classes, recipe=recipe, seed=seed, lr=lr,
+                                  probe=probe, device=device)
+        else:
+            models[lr], _ = train_peft(method, source_model, train, num_classes=num_classes, recipe=recipe, seed=seed,
+                                       lr=lr, device=device)
+        scores[lr] = accuracy(models[lr], val, device=device)
     best = max(scores, key=lambda lr: (scores[lr], -list(lrs).index(lr)))
     return best, scores, models
 
