@@ -186,8 +186,8 @@ class SelfTrainRecipe(Recipe):
     80 and 90 % of the target images; the rate is chapter 04's. Measured on ``mnist5k → mnistm-lite`` from chapter
     04's DANN networks (docs/ch09_prototype_notes.md): shares 25/50/75/90 % gave 0.921 on seeds 0-5 and 0.916 on
     seeds 6-8, 40/60/80/90 % 0.928 and 0.926 (higher on all nine seeds). ``ema`` > 0: a :class:`MeanTeacher` with
-    that decay labels the target and is
-    the result (0: the trained network itself); 0.99 by default (French et al. 2018's mean teacher)."""
+    that decay labels the target and is the result (0: the trained network itself); 0.99 by default (French et al.
+    2018's mean teacher)."""
 
     PROFILES: ClassVar[dict] = {"steps": {"quick": 150, "full": 500, "smoke": 2}}
 
