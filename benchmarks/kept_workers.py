@@ -1,18 +1,25 @@
 """Does a training in the notebook's own process slow down while ``map_jobs``'s kept workers sit idle?
 
 Side by side in one run: chapter 07's small student (``distill.small_student`` trained by ``distil``, every thread
-of this process) timed before any worker exists, after the kept workers trained students themselves (idle, using no
-CPU), and after the pool is closed; medians of two. On the 2-core CI machine (session 8) this benchmark gave
-3.30 s before, 4.34 s with the idle workers and 2.40 s after closing them (``kept_workers_slowdown`` 1.32), and
-ad-hoc scripts of the same session 2.0-2.9 s, 4.7-5.9 s and 2.2-2.7 s; idle workers that had only run matrix
-products or ``os.getpid`` did not slow it. The cause is not found yet: the workers use no CPU meanwhile.
+of this process) timed before any worker exists, after the kept workers ran jobs whose arguments were tensors
+(the workers then sit idle), and after the pool is closed; medians of three, with the voluntary context switches
+of this process's threads during one training.
+
+The cause of the slowdown this benchmark found (session 8: 3.30 s before, 4.34 s with idle workers, 2.40 s after
+closing them) was the pickling of the jobs' tensors in the executor's queue feeder thread: ``share_memory_``'s
+copy there started a second OpenMP thread team, and while that thread lived OpenMP slept at every parallel region
+of the main thread instead of spinning (about 27,000 context switches per training instead of about 30).
+``map_jobs`` now pickles each call in the calling thread (``parallel._pickled``); ``context_switches_idle`` shows
+whether that still holds.
 
     python -m benchmarks.kept_workers
 """
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 import statistics
 import time
 
@@ -31,8 +38,23 @@ def _student_seconds(x, z, y) -> float:
     return time.perf_counter() - start
 
 
-def _median(x, z, y, repeats: int = 2) -> float:
+def _median(x, z, y, repeats: int = 3) -> float:
     return round(statistics.median(_student_seconds(x, z, y) for _ in range(repeats)), 2)
+
+
+def _context_switches() -> int:
+    """Voluntary context switches of all this process's threads so far (Linux; 0 elsewhere)."""
+    total = 0
+    for status in glob.glob(f"/proc/{os.getpid()}/task/*/status"):
+        with open(status) as f:
+            total += int(f.read().split("voluntary_ctxt_switches:")[1].split()[0])
+    return total
+
+
+def _switches_during(x, z, y) -> int:
+    before = _context_switches()
+    _student_seconds(x, z, y)
+    return _context_switches() - before
 
 
 def _student_job(x, z, y, seed: int) -> float:
@@ -47,15 +69,16 @@ def run() -> dict:
     x, y, z = d.x, d.y, torch.randn(len(d), 10, generator=torch.Generator().manual_seed(0))
     _close_pool()
     _student_seconds(x, z, y)  # warm-up
-    before = _median(x, z, y)
+    before, switches_before = _median(x, z, y), _switches_during(x, z, y)
     workers = default_workers(cfg.device, 2)
     map_jobs(_student_job, [(x, z, y, s) for s in range(workers)])
-    with_idle_workers = _median(x, z, y)
+    with_idle_workers, switches_idle = _median(x, z, y), _switches_during(x, z, y)
     _close_pool()
     after_close = _median(x, z, y)
     result = {"kept_workers_slowdown": round(with_idle_workers / before, 3), "before_s": before,
               "with_idle_workers_s": with_idle_workers, "after_close_s": after_close, "workers": workers,
-              "threads": torch.get_num_threads()}
+              "threads": torch.get_num_threads(), "context_switches_before": switches_before,
+              "context_switches_idle": switches_idle}
     print(json.dumps(result, indent=2))
     return result
 

@@ -21,11 +21,13 @@ from __future__ import annotations
 import atexit
 import io
 import os
+import pickle
 import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 
 import torch
@@ -64,7 +66,8 @@ def _init_worker() -> None:
     signal.signal(signal.SIGINT, lambda *_: os._exit(1))
 
 
-def _run(fn: Callable, args: tuple, kwargs: dict) -> bytes:
+def _run(call: bytes) -> bytes:
+    fn, args, kwargs = pickle.loads(call)
     buffer = io.BytesIO()
     torch.save(fn(*args, **kwargs), buffer)
     return buffer.getvalue()
@@ -85,6 +88,17 @@ def one_thread():
 def _one_thread(fn: Callable, args: tuple, kwargs: dict):
     with one_thread():
         return fn(*args, **kwargs)
+
+
+def _pickled(fn: Callable, args: tuple, kwargs: dict) -> bytes:
+    """A job's call pickled here, in the calling thread, its CPU tensors moved into shared memory as it goes.
+
+    Left to the pool, that pickling (and the tensor copies of ``share_memory_``) runs in the executor's queue
+    feeder thread; a copy there starts a second OpenMP thread team in this process, and while that thread lives
+    (as long as the kept workers) OpenMP counts more threads than cores and puts its threads to sleep at every
+    parallel region instead of spinning: a training in the notebook's process then ran 1.3-2x slower, with
+    ~27,000 context switches where there had been ~30 (``benchmarks/kept_workers.py``)."""
+    return bytes(ForkingPickler.dumps((fn, args, kwargs)))
 
 
 _POOL: dict = {}  # "pool": (key, executor) of the workers kept between calls
@@ -155,7 +169,7 @@ def map_jobs(fn: Callable, jobs: Sequence[tuple | dict], *, workers: int | None 
         return [_one_thread(fn, a, k) for a, k in calls]
     pool = _pool(n)
     try:
-        futures = [pool.submit(_run, fn, a, k) for a, k in calls]
+        futures = [pool.submit(_run, _pickled(fn, a, k)) for a, k in calls]
         out = []
         shown = (tqdm(futures, desc=f"{desc} ({n} workers)", leave=False) if progress_enabled(progress)
                  else futures)  # no bar at all when off: a disabled widget would still be saved in a notebook
