@@ -158,13 +158,13 @@ def test_compare_pairs_trains_a_shared_supervised_network_once_and_scores_it_for
             "q": (_domain(3), _domain(1, 0.5), _domain(2, 0.5)),
             "r": (_domain(4, 0.3), _domain(0), _domain(5))}
     recipe = AdaptationRecipe(steps=4, batch_size=8, domain_hidden=(8,))
-    real_map_jobs, trained = ar.map_jobs, []
+    real_submit_jobs, trained = ar.submit_jobs, []
 
-    def counting_map_jobs(fn, jobs, **kwargs):
+    def counting_submit_jobs(fn, jobs, **kwargs):
         trained.extend((job["method"], job["seed"], job["source"].name) for job in jobs)
-        return real_map_jobs(fn, jobs, **kwargs)
+        return real_submit_jobs(fn, jobs, **kwargs)
 
-    monkeypatch.setattr(ar, "map_jobs", counting_map_jobs)
+    monkeypatch.setattr(ar, "submit_jobs", counting_submit_jobs)
     runs = compare_pairs(data, recipe, [0], methods=("source_only", "adabn", "oracle"), workers=1)
     assert sorted(trained) == sorted([("source_only", 0, "toy0"), ("source_only", 0, "toy3"),
                                       ("source_only", 0, "toy4"), ("oracle", 0, "toy0")])
@@ -211,3 +211,27 @@ def test_a_run_trained_with_one_thread_in_the_notebook_is_the_sweeps_run():
             assert torch.equal(v, w), (a.method, a.seed)
     with pytest.raises(ValueError, match="trained= names runs"):
         compare_pairs(data, recipe, [0], methods=("source_only", "adabn"), trained={("p", 0, "adabn"): (net, None)})
+
+
+def test_a_sweep_started_in_the_background_while_the_notebook_trains_its_run_equals_compare_pairs():
+    """Chapter 04 starts its sweep (``start_pairs``) before its visible run and hands that run over afterwards."""
+    from tlutils.adapt_runs import start_pairs, train_method
+    from tlutils.parallel import one_thread
+
+    data = {"p": (_domain(0), _domain(1, 0.5), _domain(2, 0.5))}
+    recipe = AdaptationRecipe(steps=4, batch_size=8, domain_hidden=(8,))
+    methods = ("source_only", "adabn", "dann")
+    sweep = start_pairs(data, recipe, [0, 1], methods=methods, workers=2, leave_out=[("p", 0, "dann")])
+    with one_thread():  # meanwhile, in this process
+        net, history = train_method("dann", *data["p"][:2], recipe, seed=0)
+    with pytest.raises(ValueError, match="the sweep left out"):
+        sweep.result(trained={})
+    started = sweep.result(trained={("p", 0, "dann"): (net, history)})["p"]
+    plain = compare_pairs(data, recipe, [0, 1], methods=methods, workers=1)["p"]
+    assert [(r.method, r.seed) for r in started] == [(r.method, r.seed) for r in plain]
+    assert started[2].model is net
+    for a, b in zip(started, plain, strict=True):
+        assert (a.target_acc, a.source_acc) == (b.target_acc, b.source_acc), (a.method, a.seed)
+    lazy = start_pairs(data, recipe, [0], methods=("source_only",), workers=1)
+    assert lazy.pending._futures is None, "with one worker nothing starts before result()"
+    assert lazy.result()["p"][0].target_acc == plain[0].target_acc

@@ -118,3 +118,17 @@ def test_sending_tensors_to_the_workers_leaves_this_process_openmp_spinning():
         big.sum()  # one OpenMP parallel region each
     switches = _context_switches() - before
     assert switches < regions / 3, f"{switches} context switches in {regions} parallel regions: OpenMP sleeps"
+
+
+def test_submit_jobs_returns_before_its_jobs_end_and_its_result_is_map_jobs():
+    import time
+
+    from tlutils.parallel import submit_jobs
+
+    pending = submit_jobs(time.sleep, [(2.0,), (2.0,), (0.0,)], workers=2, progress=False)
+    assert not any(f.done() for f in pending._futures), "submit_jobs should return while its jobs run"
+    assert pending.result() == [None, None, None] and pending.result() is pending.result()
+    ran = []
+    lazy = submit_jobs(ran.append, [(1,), (2,)], workers=1)
+    assert ran == [], "with one worker the jobs run in this process at result()"
+    assert lazy.result() == [None, None] and ran == [1, 2]

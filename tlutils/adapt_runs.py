@@ -34,7 +34,7 @@ from tlutils.dan import train_dan
 from tlutils.dann import DANN, train_dann
 from tlutils.data import list_domains, load_domain, online_options
 from tlutils.models import Classifier, load_weights, save_checkpoint, write_checkpoint
-from tlutils.parallel import map_jobs
+from tlutils.parallel import map_jobs, submit_jobs
 from tlutils.train import History, evaluate
 
 METHODS = ("source_only", "adabn", "dann", "dan", "oracle")
@@ -188,11 +188,53 @@ def compare_pairs(
     trained once and scored for both pairs. ``trained``: ``{(pair name, seed, method): (network, history)}`` of runs
     already trained exactly as :func:`train_method` trains them (with one thread on a CPU, :func:`one_thread`; a
     chapter's visible run): they are scored, not trained again. Runs come in the order ``for seed in seeds: for
-    method in methods``, as :func:`run_seed` returns them."""
+    method in methods``, as :func:`run_seed` returns them. :func:`start_pairs` starts the same sweep in the
+    background."""
+    trained = dict(trained or {})
+    return start_pairs(data, recipe, seeds, methods=methods, device=device, workers=workers,
+                       leave_out=trained).result(trained)
+
+
+class PendingPairs:
+    """A :func:`compare_pairs` sweep started by :func:`start_pairs`; ``result(trained)`` completes it."""
+
+    def __init__(self, data, recipe, seeds, methods, device, unique, same_as, leave_out, pending):
+        self.data, self.recipe, self.seeds, self.methods, self.device = data, recipe, seeds, methods, device
+        self.unique, self.same_as, self.leave_out, self.pending = unique, same_as, leave_out, pending
+
+    def _derived(self, m: str) -> list[str]:
+        return [d for d in self.methods if DERIVED.get(d) == m]
+
+    def result(self, trained: dict | None = None) -> dict[str, list[RunResult]]:
+        """``{pair name: runs}`` as :func:`compare_pairs` returns them; ``trained`` gives the networks of the runs
+        left out when the sweep started (``{(pair name, seed, method): (network, history)}``)."""
+        given = dict(trained or {})
+        if set(given) != set(self.leave_out):
+            raise ValueError(f"trained= gives {sorted(given)} but the sweep left out {sorted(self.leave_out)}: "
+                             "pass the network and history of each run left out, and only those")
+        done = {(name, s, run.method): run for (name, s, _), runs in
+                zip(self.unique, self.pending.result(), strict=True) for run in runs}
+        # networks not trained here (given, or shared with another run): scored for this run's pair
+        reused = {**given, **{job: given[base] if base in given else (done[base].model, done[base].history)
+                              for job, base in self.same_as.items()}}
+        for (name, s, m), (net, history) in reused.items():
+            for method in (m, *self._derived(m)):
+                done[name, s, method] = _scored(method, s, net.eval(), history, 0.0, *self.data[name], self.device)
+        return {name: [done[name, s, m] for s in self.seeds for m in self.methods] for name in self.data}
+
+
+def start_pairs(
+    data: dict[str, tuple], recipe: AdaptationRecipe, seeds, *, methods=("source_only", "adabn", "dann", "oracle"),
+    device=None, workers: int | None = None, leave_out=(),
+) -> PendingPairs:
+    """Start :func:`compare_pairs`'s sweep in the worker processes and return at once, without the runs named in
+    ``leave_out`` (``(pair name, seed, method)`` keys): the notebook trains such a run itself meanwhile (chapter 04's
+    visible DANN run, while a core would otherwise idle) and hands it to ``.result(trained=...)``. With one worker
+    (a GPU) the sweep runs when ``.result`` is called."""
     _check_methods(methods)
     seeds = list(seeds)
-    given = dict(trained or {})
-    wrong = [k for k in given if k[0] not in data or k[1] not in seeds or k[2] not in methods or k[2] in DERIVED]
+    leave_out = tuple(leave_out)
+    wrong = [k for k in leave_out if k[0] not in data or k[1] not in seeds or k[2] not in methods or k[2] in DERIVED]
     if wrong:
         raise ValueError(f"trained= names runs this call does not make: {wrong}; keys are (pair name, seed, method) "
                          f"with a pair of {list(data)}, a seed of {seeds} and a trained method of {list(methods)}")
@@ -207,23 +249,15 @@ def compare_pairs(
                     and _same_labelled_data(data[name][SUPERVISED[m]], data[n2][SUPERVISED[m2]])):
                 same_as[name, s, m] = (n2, s2, m2)
                 break
-    unique = [job for job in runs_to_make if job not in same_as and job not in given]
+    unique = [job for job in runs_to_make if job not in same_as and job not in leave_out]
 
     def derived(m: str) -> list[str]:
         return [d for d in methods if DERIVED.get(d) == m]
 
     jobs = [dict(method=m, source=data[name][0], target_train=data[name][1], target_test=data[name][2],
                  recipe=recipe, seed=s, derived=derived(m), device=device, progress=False) for name, s, m in unique]
-    done = {(name, s, run.method): run for (name, s, _), runs in
-            zip(unique, map_jobs(run_method, jobs, workers=workers, device=device, desc="adaptation runs"),
-                strict=True) for run in runs}
-    # networks not trained here (given, or shared with another run): scored for this run's pair
-    reused = {**given, **{job: given[base] if base in given else (done[base].model, done[base].history)
-                          for job, base in same_as.items()}}
-    for (name, s, m), (net, history) in reused.items():
-        for method in (m, *derived(m)):
-            done[name, s, method] = _scored(method, s, net.eval(), history, 0.0, *data[name], device)
-    return {name: [done[name, s, m] for s in seeds for m in methods] for name in data}
+    pending = submit_jobs(run_method, jobs, workers=workers, device=device, desc="adaptation runs")
+    return PendingPairs(data, recipe, seeds, tuple(methods), device, unique, same_as, leave_out, pending)
 
 
 def compare_methods(

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from tlutils.config import progress_enabled
 
-__all__ = ["default_workers", "map_jobs", "one_thread", "start_workers"]
+__all__ = ["Pending", "default_workers", "map_jobs", "one_thread", "start_workers", "submit_jobs"]
 
 
 def default_workers(device=None, jobs: int | None = None) -> int:
@@ -154,6 +154,62 @@ def start_workers(device=None) -> int:
     return n
 
 
+class Pending:
+    """Jobs started by :func:`submit_jobs`; :meth:`result` waits for them and returns their values in order."""
+
+    def __init__(self, fn: Callable, calls: list, n: int, progress: bool | None, desc: str):
+        self.fn, self.calls, self.n, self.progress, self.desc = fn, calls, n, progress, desc
+        self._futures = None
+        if n > 1:
+            pool = _pool(n)
+            try:
+                self._futures = [pool.submit(_run, _pickled(fn, a, k)) for a, k in calls]
+            except BaseException:
+                _close_pool(terminate=True)  # a job that cannot be sent: none of the others keeps running
+                raise
+        self._out: list | None = None
+
+    def result(self) -> list:
+        """``[fn(*job) for job in jobs]``, waiting for the workers (in this process, now, with one worker)."""
+        if self._out is None:
+            self._out = self._collect() if self._futures is not None else [
+                _one_thread(self.fn, a, k) for a, k in self.calls]
+        return self._out
+
+    def _collect(self) -> list:
+        fn, desc, futures = self.fn, self.desc, self._futures
+        try:
+            out = []
+            shown = (tqdm(futures, desc=f"{desc} ({self.n} workers)", leave=False) if progress_enabled(self.progress)
+                     else futures)  # no bar at all when off: a disabled widget would still be saved in a notebook
+            for i, f in enumerate(shown):
+                try:
+                    out.append(torch.load(io.BytesIO(f.result()), weights_only=False))
+                except BrokenProcessPool as exc:
+                    raise RuntimeError(f"a worker process died while running {desc} (out of memory?); set "
+                                       "TLUTILS_WORKERS=1 to run the jobs in this process") from exc
+                except Exception as exc:
+                    raise RuntimeError(f"{desc}: job {i} of {len(futures)} ({fn.__name__}) failed in a worker: "
+                                       f"{exc!r}; set TLUTILS_WORKERS=1 to run it in this process and debug it"
+                                       ) from exc
+            return out
+        except BaseException:
+            _close_pool(terminate=True)  # an error or an interrupt: no job keeps running, the next call starts afresh
+            raise
+
+
+def submit_jobs(fn: Callable, jobs: Sequence[tuple | dict], *, workers: int | None = None, device=None,
+                progress: bool | None = None, desc: str = "jobs") -> Pending:
+    """Start :func:`map_jobs`'s jobs in the worker processes and return at once: the notebook trains something
+    else meanwhile (chapter 04 trains its visible run while its sweep runs), then calls ``.result()``. With one
+    worker (an accelerator, one core, ``TLUTILS_WORKERS=1``) the jobs run in this process when ``.result()`` is
+    called, after what the notebook did meanwhile."""
+    jobs = list(jobs)
+    calls = [((), job) if isinstance(job, dict) else (tuple(job), {}) for job in jobs]
+    n = workers if workers is not None else default_workers(device, len(jobs))
+    return Pending(fn, calls, n if len(jobs) > 1 else 1, progress, desc)
+
+
 def map_jobs(fn: Callable, jobs: Sequence[tuple | dict], *, workers: int | None = None, device=None,
              progress: bool | None = None, desc: str = "jobs") -> list:
     """``[fn(*job) for job in jobs]`` (a dict job is keyword arguments), in order, each job with one thread.
@@ -162,27 +218,4 @@ def map_jobs(fn: Callable, jobs: Sequence[tuple | dict], *, workers: int | None 
     jobs first for the best packing. An exception in a job is raised here with the job it came from. ``progress``:
     a bar over the jobs unless ``False`` or ``$TLUTILS_PROGRESS=0`` (the runner's setting: no widget is saved).
     """
-    jobs = list(jobs)
-    calls = [((), job) if isinstance(job, dict) else (tuple(job), {}) for job in jobs]
-    n = workers if workers is not None else default_workers(device, len(jobs))
-    if n <= 1 or len(jobs) <= 1:
-        return [_one_thread(fn, a, k) for a, k in calls]
-    pool = _pool(n)
-    try:
-        futures = [pool.submit(_run, _pickled(fn, a, k)) for a, k in calls]
-        out = []
-        shown = (tqdm(futures, desc=f"{desc} ({n} workers)", leave=False) if progress_enabled(progress)
-                 else futures)  # no bar at all when off: a disabled widget would still be saved in a notebook
-        for i, f in enumerate(shown):
-            try:
-                out.append(torch.load(io.BytesIO(f.result()), weights_only=False))
-            except BrokenProcessPool as exc:
-                raise RuntimeError(f"a worker process died while running {desc} (out of memory?); set "
-                                   "TLUTILS_WORKERS=1 to run the jobs in this process") from exc
-            except Exception as exc:
-                raise RuntimeError(f"{desc}: job {i} of {len(jobs)} ({fn.__name__}) failed in a worker: {exc!r}; "
-                                   "set TLUTILS_WORKERS=1 to run it in this process and debug it") from exc
-        return out
-    except BaseException:
-        _close_pool(terminate=True)  # an error or an interrupt: no job keeps running, the next call starts afresh
-        raise
+    return submit_jobs(fn, jobs, workers=workers, device=device, progress=progress, desc=desc).result()
