@@ -130,12 +130,13 @@ def test_cached_seeds_trains_only_the_missing_networks_together_then_loads_them(
     save_runs(cfg, [stored])
     trained = []
 
-    def fake_map_jobs(fn, jobs, **kwargs):
+    def fake_submit_jobs(fn, jobs, **kwargs):
         trained.extend((job["method"], job["seed"]) for job in jobs)
-        return [[SimpleNamespace(method=job["method"], seed=job["seed"], model=ganin_cnn(10, batch_norm=True).eval(),
+        runs = [[SimpleNamespace(method=job["method"], seed=job["seed"], model=ganin_cnn(10, batch_norm=True).eval(),
                                  target_acc=0.5, history=history)] for job in jobs]
+        return SimpleNamespace(result=lambda: runs)
 
-    monkeypatch.setattr("tlutils.adapt_runs.map_jobs", fake_map_jobs)
+    monkeypatch.setattr("tlutils.adapt_runs.submit_jobs", fake_submit_jobs)
     monkeypatch.setattr("tlutils.adapt_runs.load_pair", lambda *a, **k: (None, None, None))
     nets = cached_seeds(cfg, [0, 1], methods=("source_only", "dann"))
     assert sorted(trained) == [("dann", 0), ("dann", 1), ("source_only", 1)], "only the missing three, in one call"
@@ -235,3 +236,33 @@ def test_a_sweep_started_in_the_background_while_the_notebook_trains_its_run_equ
     lazy = start_pairs(data, recipe, [0], methods=("source_only",), workers=1)
     assert lazy.pending._futures is None, "with one worker nothing starts before result()"
     assert lazy.result()["p"][0].target_acc == plain[0].target_acc
+
+
+def test_start_cached_seeds_trains_the_missing_networks_in_the_background_and_caches_them_at_result(tmp_path):
+    """Chapter 05 starts the other seeds' DAN networks before its visible run; ``result()`` caches and loads them,
+    the same networks ``cached_seeds`` trains."""
+    from tlutils.adapt_runs import cache_paths, cached_seeds, start_cached_seeds
+
+    def digits(seed: int, shift: float = 0.0, n: int = 40) -> Domain:  # ten classes, as the cache's networks have
+        g = torch.Generator().manual_seed(seed)
+        y = torch.arange(n) % 10
+        x = (torch.rand(n, 3, 32, 32, generator=g) * 0.5 + y.view(-1, 1, 1, 1) * 0.04 + shift).clamp(0, 1)
+        return Domain(x=x, y=y, classes=[str(c) for c in range(10)], name=f"digits{seed}", split="train")
+
+    data = (digits(0), digits(1, 0.3), digits(2, 0.3))
+    recipe = AdaptationRecipe(steps=4, batch_size=8, domain_hidden=(8,))
+    cfg = SimpleNamespace(data_dir=tmp_path / "a", pick=lambda quick, full, **_: quick, device="cpu")
+    twin = SimpleNamespace(data_dir=tmp_path / "b", pick=cfg.pick, device="cpu")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("tlutils.adapt_runs.recipe_for", lambda *_a, **_k: recipe)
+        mp.setattr("tlutils.adapt_runs.load_pair", lambda *a, **k: data)
+        started = start_cached_seeds(cfg, [0, 1], ("source_only",), workers=2)
+        assert started.pending._futures is not None, "two missing networks: both started in the workers"
+        assert not cache_paths(cfg, 0, recipe)["source_only"].exists(), "nothing cached before result()"
+        nets = started.result()
+        assert cache_paths(cfg, 1, recipe)["source_only"].exists()
+        plain = cached_seeds(twin, [0, 1], ("source_only",), workers=1)
+    for s in (0, 1):
+        for v, w in zip(nets[s]["source_only"][0].state_dict().values(),
+                        plain[s]["source_only"][0].state_dict().values(), strict=True):
+            assert torch.equal(v, w), s

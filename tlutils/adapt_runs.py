@@ -427,20 +427,45 @@ def cached_seeds(cfg, seeds, methods=("source_only", "dann"), *, workers: int | 
                  pair: tuple[str, str] = PAIR) -> dict[int, dict[str, tuple[Classifier, History]]]:
     """:func:`cached_runs` of ``pair`` for several seeds, ``{seed: {method: (network, history)}}``; the networks
     missing from the cache are first trained side by side (:func:`tlutils.parallel.map_jobs`) and cached."""
+    return start_cached_seeds(cfg, seeds, methods, workers=workers, pair=pair).result()
+
+
+class PendingSeeds:
+    """:func:`cached_seeds` started by :func:`start_cached_seeds`; ``result()`` caches and returns the networks."""
+
+    def __init__(self, cfg, seeds, methods, pair, recipe, missing, pending):
+        self.cfg, self.seeds, self.methods, self.pair = cfg, seeds, methods, pair
+        self.recipe, self.missing, self.pending = recipe, missing, pending
+
+    def result(self) -> dict[int, dict[str, tuple[Classifier, History]]]:
+        """``{seed: {method: (network, history)}}``, as :func:`cached_seeds` returns it."""
+        if self.pending is not None:
+            save_runs(self.cfg, [run for (run,) in self.pending.result()], self.recipe, self.pair)
+            self.pending = None
+        return {s: cached_runs(self.cfg, s, self.methods, pair=self.pair) for s in self.seeds}
+
+
+def start_cached_seeds(cfg, seeds, methods=("source_only", "dann"), *, workers: int | None = None,
+                       pair: tuple[str, str] = PAIR) -> PendingSeeds:
+    """Start training :func:`cached_seeds`'s missing networks in the worker processes and return at once; the
+    notebook trains something else meanwhile (chapter 05 its visible DAN run) and ``.result()`` caches and loads
+    them. With one worker (a GPU) they train when ``.result()`` is called."""
     _check_cached(methods)
-    recipe = recipe_for(cfg)
+    seeds, recipe = list(seeds), recipe_for(cfg)
     missing = [(s, m) for s in seeds for m in methods if not cache_paths(cfg, s, recipe, pair)[m].exists()]
+    pending = None
     if len(missing) > 1:
         source, target_train, target_test = load_pair(*pair, device=cfg.device)
         jobs = [dict(method=m, source=source, target_train=target_train, target_test=target_test, recipe=recipe,
                      seed=s, device=cfg.device, progress=False) for s, m in missing]
-        runs = map_jobs(run_method, jobs, workers=workers, device=cfg.device, desc="cached networks")
-        save_runs(cfg, [run for (run,) in runs], recipe, pair)
-    return {s: cached_runs(cfg, s, methods, pair=pair) for s in seeds}
+        pending = submit_jobs(run_method, jobs, workers=workers, device=cfg.device, desc="cached networks")
+    return PendingSeeds(cfg, seeds, tuple(methods), pair, recipe, missing, pending)
 
 
 __all__ = [
     "CACHED",
+    "PendingPairs",
+    "PendingSeeds",
     "DERIVED",
     "METHODS",
     "OFFLINE_PAIRS",
@@ -461,5 +486,7 @@ __all__ = [
     "run_seed",
     "save_run",
     "save_runs",
+    "start_cached_seeds",
+    "start_pairs",
     "train_method",
 ]
