@@ -17,9 +17,7 @@ whether that still holds.
 
 from __future__ import annotations
 
-import glob
 import json
-import os
 import statistics
 import time
 
@@ -29,6 +27,7 @@ import tlutils
 from tlutils import distill
 from tlutils.data import load_domain
 from tlutils.parallel import _close_pool, default_workers, map_jobs
+from tlutils.timing import context_switches
 
 
 def _student_seconds(x, z, y) -> float:
@@ -42,19 +41,10 @@ def _median(x, z, y, repeats: int = 3) -> float:
     return round(statistics.median(_student_seconds(x, z, y) for _ in range(repeats)), 2)
 
 
-def _context_switches() -> int:
-    """Voluntary context switches of all this process's threads so far (Linux; 0 elsewhere)."""
-    total = 0
-    for status in glob.glob(f"/proc/{os.getpid()}/task/*/status"):
-        with open(status) as f:
-            total += int(f.read().split("voluntary_ctxt_switches:")[1].split()[0])
-    return total
-
-
 def _switches_during(x, z, y) -> int:
-    before = _context_switches()
+    before = context_switches()
     _student_seconds(x, z, y)
-    return _context_switches() - before
+    return context_switches() - before
 
 
 def _student_job(x, z, y, seed: int) -> float:

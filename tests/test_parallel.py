@@ -85,17 +85,6 @@ def test_start_workers_spawns_the_pool_that_map_jobs_then_uses(monkeypatch):
     assert set(map_jobs(os.getpid, [()] * 4)) <= started and parallel._POOL["pool"][1] is pool
 
 
-def _context_switches() -> int:
-    import glob
-    import os
-
-    total = 0
-    for status in glob.glob(f"/proc/{os.getpid()}/task/*/status"):
-        with open(status) as f:
-            total += int(f.read().split("voluntary_ctxt_switches:")[1].split()[0])
-    return total
-
-
 def _numel(x) -> int:
     return x.numel()
 
@@ -106,6 +95,7 @@ def test_sending_tensors_to_the_workers_leaves_this_process_openmp_spinning():
     feeder thread they started a second OpenMP team, and while it lived every parallel region here slept and woke
     its threads (a training here ran 1.3-2x slower beside idle kept workers: ``benchmarks/kept_workers.py``)."""
     import tlutils.parallel as parallel
+    from tlutils.timing import context_switches
 
     if torch.get_num_threads() < 2:
         pytest.skip("needs two intra-op threads in this process")
@@ -113,10 +103,10 @@ def test_sending_tensors_to_the_workers_leaves_this_process_openmp_spinning():
     big = torch.randn(4_000_000)  # its shared-memory copy is large enough to run on several threads
     assert map_jobs(_numel, [(big,), (big.clone(),)], workers=2, progress=False) == [big.numel()] * 2
     regions = 300
-    before = _context_switches()
+    before = context_switches()
     for _ in range(regions):
         big.sum()  # one OpenMP parallel region each
-    switches = _context_switches() - before
+    switches = context_switches() - before
     assert switches < regions / 3, f"{switches} context switches in {regions} parallel regions: OpenMP sleeps"
 
 

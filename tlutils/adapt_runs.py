@@ -195,15 +195,17 @@ def compare_pairs(
                        leave_out=trained).result(trained)
 
 
+def _derived(methods, m: str) -> list[str]:
+    """The derived methods among ``methods`` scored on ``m``'s network (``adabn`` on ``source_only``'s)."""
+    return [d for d in methods if DERIVED.get(d) == m]
+
+
 class PendingPairs:
     """A :func:`compare_pairs` sweep started by :func:`start_pairs`; ``result(trained)`` completes it."""
 
     def __init__(self, data, recipe, seeds, methods, device, unique, same_as, leave_out, pending):
         self.data, self.recipe, self.seeds, self.methods, self.device = data, recipe, seeds, methods, device
         self.unique, self.same_as, self.leave_out, self.pending = unique, same_as, leave_out, pending
-
-    def _derived(self, m: str) -> list[str]:
-        return [d for d in self.methods if DERIVED.get(d) == m]
 
     def result(self, trained: dict | None = None) -> dict[str, list[RunResult]]:
         """``{pair name: runs}`` as :func:`compare_pairs` returns them; ``trained`` gives the networks of the runs
@@ -218,7 +220,7 @@ class PendingPairs:
         reused = {**given, **{job: given[base] if base in given else (done[base].model, done[base].history)
                               for job, base in self.same_as.items()}}
         for (name, s, m), (net, history) in reused.items():
-            for method in (m, *self._derived(m)):
+            for method in (m, *_derived(self.methods, m)):
                 done[name, s, method] = _scored(method, s, net.eval(), history, 0.0, *self.data[name], self.device)
         return {name: [done[name, s, m] for s in self.seeds for m in self.methods] for name in self.data}
 
@@ -251,11 +253,9 @@ def start_pairs(
                 break
     unique = [job for job in runs_to_make if job not in same_as and job not in leave_out]
 
-    def derived(m: str) -> list[str]:
-        return [d for d in methods if DERIVED.get(d) == m]
-
     jobs = [dict(method=m, source=data[name][0], target_train=data[name][1], target_test=data[name][2],
-                 recipe=recipe, seed=s, derived=derived(m), device=device, progress=False) for name, s, m in unique]
+                 recipe=recipe, seed=s, derived=_derived(methods, m), device=device, progress=False)
+            for name, s, m in unique]
     pending = submit_jobs(run_method, jobs, workers=workers, device=device, desc="adaptation runs")
     return PendingPairs(data, recipe, seeds, tuple(methods), device, unique, same_as, leave_out, pending)
 

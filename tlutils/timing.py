@@ -9,6 +9,7 @@ of ``tlutils.train.fit``; ``peak_memory_mb`` measures the tensor memory a call n
 
 from __future__ import annotations
 
+import glob
 import os
 import statistics
 import sys
@@ -74,6 +75,16 @@ class EpochTimer:
     def on_epoch_end(self, state) -> None:
         sync(state.device)
         self.seconds.append(time.perf_counter() - self._start)
+
+
+def context_switches() -> int:
+    """Voluntary context switches of all this process's threads so far (Linux; 0 where ``/proc`` has none): threads
+    that sleep and wake at every parallel region instead of spinning show up here (``benchmarks/kept_workers.py``)."""
+    total = 0
+    for status in glob.glob(f"/proc/{os.getpid()}/task/*/status"):
+        with open(status) as f:
+            total += int(f.read().split("voluntary_ctxt_switches:")[1].split()[0])
+    return total
 
 
 def peak_memory_mb(fn: Callable[[], Any], device: torch.device | str | None = None) -> float:
