@@ -18,8 +18,9 @@ import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-MODULES = ["train_loop", "feature_cache", "mmd", "maml", "dann_flops", "parallel_sweep"]
-TARGETS = {"train_loop_ratio": ">= 0.95", "feature_cache_speedup": ">= 10", "mmd_permutation_speedup": ">= 10",
+MODULES = ["train_loop", "channels_last", "feature_cache", "mmd", "maml", "dann_flops", "parallel_sweep"]
+TARGETS = {"train_loop_ratio": ">= 0.95", "channels_last_speedup": ">= 1.2", "feature_cache_speedup": ">= 10",
+           "mmd_permutation_speedup": ">= 10",
            "maml_vmap_speedup": ">= 3", "train_step_flops_fraction": ">= 0.5",
            "parallel_sweep_speedup": ">= 1.2",
            "quick_profile_wall_s": "<= 900"}

@@ -383,7 +383,7 @@ def fit_recipe(
     progress: bool | None = None,
     val=None,
     desc: str | None = None,
-    channels_last: bool | None = True,
+    channels_last: bool = True,
 ) -> History:
     """One run under a recipe: its optimiser, annealed learning rate, batch size and length.
 

@@ -2,9 +2,10 @@
 
 Small domains are tensors, so batches are cut on the device by index: no DataLoader workers and no
 per-sample Python on the hot path. On CUDA the loop uses autocast (bf16 where supported, else fp16
-with a gradient scaler) and channels_last. Chapters change what one step does through ``step_fn``
-(DANN, DAN) and react to training progress through callbacks (learning-rate schedules of
-``tlutils.schedules``, gradual unfreezing). Under torchrun, ``tlutils.distributed`` shares each batch.
+with a gradient scaler); on every device image batches and conv weights are channels-last (faster on
+the CPU too). Chapters change what one step does through ``step_fn`` (DANN, DAN) and react to training
+progress through callbacks (learning-rate schedules of ``tlutils.schedules``, gradual unfreezing). Under
+torchrun, ``tlutils.distributed`` shares each batch.
 """
 
 from __future__ import annotations
@@ -365,7 +366,7 @@ def fit(
     seed: int | None = None,
     device: str | torch.device | None = None,
     amp: bool | None = None,
-    channels_last: bool | None = None,
+    channels_last: bool = True,
     progress: bool | None = None,
     desc: str | None = None,
 ) -> History:
@@ -379,10 +380,12 @@ def fit(
     entries are averaged per epoch into the history. ``augment(x) -> x`` (e.g.
     ``tlutils.augment.affine_jitter()``) transforms each training batch on the device, fresh every step;
     ``val`` (and ``evaluate``/``predict``) always see the unaugmented data. ``seed`` fixes the batch
-    order (default: drawn from torch's global generator, seeded by setup). On CUDA: autocast (``amp``)
-    and channels_last by default. Under torchrun the model is wrapped in DDP (re-wrapped when the set of
-    trainable parameters changes, e.g. by unfreezing) and ``batch_size`` is the global batch (each rank takes
-    its share); ``step_fn`` gets the wrapped model and must call it (not its submodules), or DDP syncs nothing.
+    order (default: drawn from torch's global generator, seeded by setup). On CUDA: autocast (``amp``) by
+    default. ``channels_last`` (default) stores the model's conv weights and the image batches channels-last, on
+    the CPU too, where the convolutions run 1.4-1.7x faster than NCHW (``python -m benchmarks.channels_last``).
+    Under torchrun the model is wrapped in DDP (re-wrapped when the set of trainable parameters changes, e.g. by
+    unfreezing) and ``batch_size`` is the global batch (each rank takes its share); ``step_fn`` gets the wrapped
+    model and must call it (not its submodules), or DDP syncs nothing.
 
     Streams: ``train`` is a Domain (batches ``(x, y)``), a tuple of aligned tensors of any arity (batches of that
     arity, e.g. ``(x, teacher_logits, labels)``), a tensor (tensor batches) or a DataLoader; or a dict of such
@@ -395,7 +398,6 @@ def fit(
         raise ValueError(f"epochs must be >= 0, got {epochs}")
     device = get_device(device) if not isinstance(device, torch.device) else device
     amp = default_amp(device) if amp is None else amp
-    channels_last = device.type == "cuda" if channels_last is None else channels_last
     model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
     world = dist_info()[1]
     net, wrapped_for = wrap_model(model, device), _trainable(model)
@@ -530,6 +532,8 @@ def predict_with_labels(
     outs, labels = [], []
     for x, y in _input_and_label_batches(data, batch_size):
         x = x.to(device, non_blocking=True)
+        if x.dim() == 4:  # image batches channels-last: the convolutions run faster (as in fit)
+            x = x.contiguous(memory_format=torch.channels_last)
         with autocast():
             out = fn(model, x) if fn is not None else model(x)
         outs.append(out.float().cpu())
