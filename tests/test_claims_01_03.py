@@ -88,10 +88,11 @@ def test_paired_difference_is_staged_minus_finetune(quick_results, k):
         "the recorded difference is mean(staged) - mean(fine-tune) over the paired seeds")
 
 
-def test_scratch_passes_the_frozen_probe_with_all_labels(quick_results):
-    """01: "With all 350 labels per class (the dotted lines) scratch passes the frozen probe"."""
+def test_scratch_draws_level_with_the_frozen_probe_with_all_labels(quick_results):
+    """01: "With all 350 labels per class (the dotted lines) scratch draws level with the frozen probe or passes it
+    (one run each, so read a gap under a point as a tie)": scratch is at most a point behind the probe, or ahead."""
     r = quick_results["01_feature_extraction"]
-    assert r["target_acc.scratch.kall"] > r["target_acc.linear_probe.kall"], (
+    assert r["target_acc.scratch.kall"] > r["target_acc.linear_probe.kall"] - 0.01, (
         f"scratch {r['target_acc.scratch.kall']:.3f} vs probe {r['target_acc.linear_probe.kall']:.3f} on all labels")
 
 

@@ -51,13 +51,15 @@ def test_dann_never_collapses_on_synthetic_to_real(r):
     assert r["syn2real.target_acc.oracle"] - r["syn2real.target_acc.source_only"] > 0.2, "the shift should be real"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the aim (DANN >= source-only + 3 points on syndigits -> mnist5k) is not met: with BatchNorm and per-domain "
-    "statistics DANN no longer collapses, but gains -1.0 +- 2.4 points over seeds 0-2 with one thread per run "
-    "(+0.3 +- 2.5 when the runs used two threads; calibration seeds 10-12: "
+@pytest.mark.xfail(strict=False, reason=(
+    "the aim (DANN >= source-only + 3 points on syndigits -> mnist5k) is not met reliably: with BatchNorm and "
+    "per-domain statistics DANN no longer collapses, but gains -1.0 +- 2.4 points over seeds 0-2 with one thread per "
+    "run (+0.3 +- 2.5 when the runs used two threads; calibration seeds 10-12: "
     "-0.5 on average; lambda_max 0.3 and 0.1, a 1024-1024 domain head, 2,000 steps and Adam gave no reliable gain "
-    "either). Notebook 04, section 8, shows why (per-digit accuracy, nearest-neighbour agreement). strict: a recipe "
-    "that meets the aim must update the notebook and remove this marker. Self-training on the target's confident "
-    "predictions lifts this pair: a claim of chapter 09, tests/test_claims_09.py"))
+    "either); the runner's --seed 7 (seeds 7-9) gave +4.5 (smallest +0.6), so whether a run passes depends on its "
+    "seeds, and the marker is not strict. Notebook 04, section 8, shows why (per-digit accuracy, nearest-neighbour "
+    "agreement). A recipe that meets the aim at every seed must update the notebook and remove this marker. "
+    "Self-training on the target's confident predictions lifts this pair: a claim of chapter 09, "
+    "tests/test_claims_09.py"))
 def test_dann_gains_3_points_on_synthetic_to_real(r):
     assert r["syn2real.transfer_gain.dann"] >= 0.03
